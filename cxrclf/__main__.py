@@ -1,0 +1,3 @@
+from cxrclf.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""Rendering for humans (rich tables, progress) in one place; machines get JSON from the commands."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def count_table(title: str, counts: dict[str, dict[str, int]], row_name: str) -> Table:
+    """A rows x columns table of integer counts, with a total row."""
+    columns: list[str] = []
+    for values in counts.values():
+        for key in values:
+            if key not in columns:
+                columns.append(key)
+    table = Table(title=title, title_justify="left")
+    table.add_column(row_name)
+    for column in columns:
+        table.add_column(column, justify="right")
+    totals = dict.fromkeys(columns, 0)
+    for row, values in counts.items():
+        table.add_row(row, *(str(values.get(c, 0)) for c in columns))
+        for c in columns:
+            totals[c] += values.get(c, 0)
+    if len(counts) > 1:
+        table.add_row("[bold]all[/bold]", *(f"[bold]{totals[c]}[/bold]" for c in columns))
+    return table
+
+
+def key_value_table(title: str, values: dict[str, object]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in values.items():
+        table.add_row(str(key), str(value))
+    return table
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False) -> Iterator:
+    """Yields ``update(done, total)``; a rich bar with rate and ETA on a terminal."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=errors, transient=False) as progress:
+        task = progress.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = progress.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        yield update

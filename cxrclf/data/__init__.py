@@ -1,0 +1,1 @@
+"""Sources -> one manifest: readers, decoding, fusion, splits, audit and synthetic phantoms."""

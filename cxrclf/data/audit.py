@@ -1,0 +1,98 @@
+"""Leakage audit of any manifest: shared patients, identical and near-identical images across splits.
+
+Works on cxrclf manifests and on other CSVs with ``split`` and ``patient_id`` (and either
+hash columns or ``path`` to images, whose hashes are then computed).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from cxrclf.data import imageio, split
+from cxrclf.data.manifest import manifest_path
+from cxrclf.errors import CxrclfError
+from cxrclf.labels import FINDINGS
+
+
+def _hash_images(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    frame = frame.copy()
+    shas, phashes = [], []
+    for relative in frame["path"]:
+        try:
+            image = imageio.read_image(root / relative)
+        except CxrclfError as exc:
+            raise CxrclfError(f"cannot hash image {relative}: {exc.reason}", root / relative) from exc
+        shas.append(imageio.pixel_sha256(image))
+        phashes.append(imageio.perceptual_hash(image))
+    frame["sha256"], frame["phash"] = shas, phashes
+    return frame
+
+
+def load(path: Path) -> pd.DataFrame:
+    file = manifest_path(path)
+    if not file.is_file():
+        raise CxrclfError("manifest not found", file)
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CxrclfError(f"not a readable CSV ({exc.__class__.__name__})", file) from exc
+    for column in ("split", "patient_id"):
+        if column not in frame.columns:
+            raise CxrclfError(f"missing column {column!r} (an audit needs split and patient_id)", file)
+    if "sha256" not in frame.columns or "phash" not in frame.columns:
+        if "path" not in frame.columns:
+            raise CxrclfError("needs sha256 and phash columns, or a path column to compute them from", file)
+        frame = _hash_images(frame, file.parent)
+    return frame
+
+
+def audit_frame(frame: pd.DataFrame, near_duplicate_bits: int = 24) -> dict:
+    """The leakage findings of a manifest (pure). ``leakage`` is true when any list is non-empty."""
+    patient_splits = frame.groupby("patient_id")["split"].agg(lambda s: sorted(set(s)))
+    shared_patients = [{"patient_id": p, "splits": s} for p, s in patient_splits.items() if len(s) > 1]
+
+    identical = []
+    repeated_within_split = 0
+    for sha, sub in frame.groupby("sha256", sort=True):
+        if len(sub) < 2:
+            continue
+        splits = sorted(set(sub["split"]))
+        if len(splits) > 1:
+            identical.append({"sha256": sha, "splits": splits, "rows": sub.get("image_id", sub.get("path", sub.index.astype(str))).astype(str).tolist()})
+        else:
+            repeated_within_split += len(sub) - 1
+
+    labels = frame.get("image_id", frame.get("path", pd.Series(frame.index.astype(str), index=frame.index))).astype(str).tolist()
+    near = []
+    hashes, split_names, shas = frame["phash"].tolist(), frame["split"].tolist(), frame["sha256"].tolist()
+    for i, j in split.hamming_pairs(hashes, near_duplicate_bits):
+        if split_names[i] != split_names[j] and shas[i] != shas[j]:
+            near.append({"rows": [labels[i], labels[j]], "splits": [split_names[i], split_names[j]]})
+
+    finding_x_source: dict[str, dict[str, int]] = {}
+    single_source: dict[str, str] = {}
+    if "finding" in frame.columns and "source" in frame.columns:
+        for finding, sub in frame.groupby("finding", sort=False):
+            finding_x_source[finding] = {str(k): int(v) for k, v in sub["source"].value_counts().sort_index().items()}
+            if sub["source"].nunique() == 1:
+                single_source[finding] = str(sub["source"].iloc[0])
+        order = {f: i for i, f in enumerate(FINDINGS)}
+        finding_x_source = dict(sorted(finding_x_source.items(), key=lambda kv: order.get(kv[0], 99)))
+
+    return {
+        "rows": int(len(frame)),
+        "leakage": bool(shared_patients or identical or near),
+        "patients_in_several_splits": shared_patients,
+        "identical_images_across_splits": identical,
+        "near_identical_images_across_splits": near,
+        "identical_images_repeated_within_a_split": repeated_within_split,
+        "finding_x_source": finding_x_source,
+        "single_source_findings": single_source,
+    }
+
+
+def audit(path: Path, near_duplicate_bits: int = 24) -> dict:
+    return audit_frame(load(path), near_duplicate_bits)

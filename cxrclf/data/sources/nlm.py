@@ -1,0 +1,81 @@
+"""NLM tuberculosis sets: Montgomery (``MCUCXR_dddd_L.png``) and Shenzhen (``CHNCXR_dddd_L.png``).
+
+The label is the last digit of the file name (1 tuberculosis, 0 normal). The folder given
+may be the set's ``CXR_png``, the set's folder, or any parent of it (both sets may share a
+parent). Sex and age come from ``ClinicalReadings/*.txt`` or ``shenzhen_metadata.csv``.
+All NLM images are posteroanterior.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder
+from cxrclf.errors import CxrclfError
+from cxrclf.labels import NORMAL, TUBERCULOSIS
+
+PATTERN = re.compile(r"^(MCUCXR|CHNCXR)_(\d+)_([0-9])\.png$", re.IGNORECASE)
+SOURCES = {"MCUCXR": "montgomery", "CHNCXR": "shenzhen"}
+VIEW = "PA"
+
+
+def _clinical_reading(image: Path) -> tuple[str, str]:
+    """Sex and age from ``ClinicalReadings/<stem>.txt`` beside ``CXR_png``, if present."""
+    for folder in (image.parent.parent / "ClinicalReadings", image.parent / "ClinicalReadings"):
+        text_file = folder / f"{image.stem}.txt"
+        if text_file.is_file():
+            text = text_file.read_text(errors="replace")
+            sex_match = re.search(r"sex:\s*([MFmf]\w*)", text) or re.search(r"\b(male|female)\b", text, re.IGNORECASE)
+            age_match = re.search(r"age:\s*(\d+\w*)", text) or re.search(r"(\d+)\s*(?:yrs|yr|years?)", text, re.IGNORECASE)
+            return (normalise_sex(sex_match.group(1)) if sex_match else "", normalise_age(age_match.group(1)) if age_match else "")
+    return "", ""
+
+
+def _metadata_tables(root: Path) -> dict[str, tuple[str, str]]:
+    """``shenzhen_metadata.csv`` (``study_id,sex,age,findings``) anywhere up to two levels below root."""
+    found: dict[str, tuple[str, str]] = {}
+    for table in sorted(list(root.glob("*metadata*.csv")) + list(root.glob("*/*metadata*.csv")) + list(root.glob("*/*/*metadata*.csv"))):
+        try:
+            with open(table, newline="", encoding="utf-8-sig") as handle:
+                for row in csv.DictReader(handle):
+                    study = (row.get("study_id") or "").strip()
+                    if study:
+                        found[Path(study).name.lower()] = (normalise_sex(row.get("sex", "")), normalise_age(row.get("age", "")))
+        except (UnicodeDecodeError, csv.Error, OSError):
+            continue  # a stray CSV that is not the NLM table: sex/age stay unknown
+    return found
+
+
+def read(folder: Path) -> SourceRows:
+    folder = require_folder(folder, "NLM")
+    images = sorted(p for p in folder.rglob("*.png") if PATTERN.match(p.name))
+    if not images:
+        raise CxrclfError("no MCUCXR_dddd_L.png or CHNCXR_dddd_L.png images found (expected an NLM set folder or its parent)", folder)
+    tables = _metadata_tables(folder)
+    out = SourceRows()
+    for path in images:
+        match = PATTERN.match(path.name)
+        prefix, number, digit = match.group(1).upper(), match.group(2), match.group(3)
+        source = SOURCES[prefix]
+        source_file = path.relative_to(folder).as_posix()
+        if digit not in "01":
+            out.exclusions.append(Exclusion(source, source_file, "unrecognised finding", f"label digit {digit}"))
+            continue
+        sex, age = tables.get(path.name.lower(), ("", ""))
+        if not sex and not age:
+            sex, age = _clinical_reading(path)
+        out.records.append(
+            SourceRecord(
+                source=source,
+                file=path,
+                source_file=source_file,
+                patient_id=f"{source}:{number}",
+                finding=TUBERCULOSIS if digit == "1" else NORMAL,
+                view=VIEW,
+                sex=sex,
+                age=age,
+            )
+        )
+    return out

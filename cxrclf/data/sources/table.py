@@ -1,0 +1,72 @@
+"""A user's own images listed in a CSV: ``path,finding`` plus optional ``patient_id,view,sex,age``.
+
+Relative paths resolve against the CSV's folder. ``finding`` may be a cxrclf finding
+(``covid19``...) or any Cohen-style text (``COVID-19``, ``No Finding``). Without a
+``patient_id`` column each image counts as its own patient (reported), and without a
+``view`` column the view is not filtered.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex
+from cxrclf.data.sources.cohen import map_finding
+from cxrclf.errors import CxrclfError
+from cxrclf.labels import FINDINGS
+
+
+def source_name(csv_path: Path) -> str:
+    return "table:" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(csv_path).stem)
+
+
+def read(csv_path: Path, views: tuple[str, ...]) -> SourceRows:
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CxrclfError("table CSV not found", csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CxrclfError(f"not a readable CSV ({exc})", csv_path) from exc
+    for needed in ("path", "finding"):
+        if needed not in header:
+            raise CxrclfError(f"missing column {needed!r} (a table needs path,finding)", csv_path)
+    source = source_name(csv_path)
+    root = csv_path.parent.resolve()
+    wanted = {v.strip().upper() for v in views}
+    out = SourceRows()
+    for row in rows:
+        relative = row["path"]
+        text = row["finding"]
+        finding = text.lower() if text.lower() in FINDINGS else map_finding(text)
+        if finding is None:
+            out.exclusions.append(Exclusion(source, relative, "unrecognised finding", f"finding {text!r}"))
+            continue
+        view = row.get("view", "").upper()
+        if "view" in header and view not in wanted:
+            out.exclusions.append(Exclusion(source, relative, "view not requested" if view else "view not recorded", f"view {view}"))
+            continue
+        path = Path(relative)
+        path = path if path.is_absolute() else (root / path)
+        if not path.is_file():
+            out.exclusions.append(Exclusion(source, relative, "file not found"))
+            continue
+        patient = row.get("patient_id", "")
+        out.records.append(
+            SourceRecord(
+                source=source,
+                file=path.resolve(),
+                source_file=relative,
+                patient_id=f"{source}:{patient}" if patient else f"{source}:file:{relative}",
+                finding=finding,
+                view=view,
+                sex=normalise_sex(row.get("sex", "")),
+                age=normalise_age(row.get("age", "")),
+            )
+        )
+    return out

@@ -1,0 +1,14 @@
+"""Default stage folders, relative to the working directory.
+
+Commands chain through these so that the intended usage works verbatim from one folder:
+fuse -> data/fused, preprocess -> data/preprocessed, train -> runs/<name> (+ runs/latest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FUSED = Path("data/fused")
+PREPROCESSED = Path("data/preprocessed")
+RUNS = Path("runs")
+LATEST = "latest"
