@@ -117,6 +117,24 @@ def audit(
     raise typer.Exit(1 if result["leakage"] else 0)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data and outputs.")] = Path("cxrclf-demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the phantoms and the split.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+) -> None:
+    """Run the whole pipeline on built-in synthetic phantoms (nothing is downloaded)."""
+    from cxrclf.console import console, count_table
+    from cxrclf.demo import run_demo
+
+    def announce(stage: str, detail: str) -> None:
+        console.print(f"[bold green]{stage:>8}[/bold green]  {detail}")
+
+    result = run_demo(out, seed=seed, overwrite=overwrite, announce=announce)
+    console.print(count_table("Demo images per split and finding", result.stages["fuse"]["split_x_finding"], "split"))
+    console.print(f"demo finished: everything is in {out}/")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -45,17 +45,28 @@ def key_value_table(title: str, values: dict[str, object]) -> Table:
 
 @contextlib.contextmanager
 def progress_bar(description: str, quiet: bool = False) -> Iterator:
-    """Yields ``update(done, total)``; a rich bar with rate and ETA on a terminal."""
-    if quiet:
-        yield lambda done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=errors, transient=False) as progress:
-        task = progress.add_task(description, total=None, rate="")
+    """Yields ``update(done, total)``: a rich bar with rate and ETA on stderr.
 
-        def update(done: int, total: int) -> None:
-            elapsed = progress.tasks[0].elapsed or 0.0
-            rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
-            progress.update(task, completed=done, total=total, rate=rate)
+    The bar appears at the first update, so a command that fails while checking its
+    inputs prints only its one-line error.
+    """
+    state: dict = {}
 
+    def update(done: int, total: int) -> None:
+        if quiet:
+            return
+        if "progress" not in state:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            state["progress"] = Progress(*columns, console=errors, transient=False)
+            state["progress"].start()
+            state["task"] = state["progress"].add_task(description, total=total, rate="")
+        progress = state["progress"]
+        elapsed = progress.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
+        progress.update(state["task"], completed=done, total=total, rate=rate)
+
+    try:
         yield update
+    finally:
+        if "progress" in state:
+            state["progress"].stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +179,9 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     dataset.PatientID = patient_id
     dataset.PatientSex = sex
-    dataset.PatientAge = age  # RSNA stores a bare number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.PatientAge = age  # RSNA stores a bare number, which pydicom warns about
     dataset.Modality = "CR"
     dataset.ViewPosition = view
     dataset.BodyPartExamined = "CHEST"

@@ -97,7 +97,8 @@ def read(folder: Path, views: tuple[str, ...]) -> SourceRows:
             reason = "unlabelled finding" if finding_text.strip().lower() in _UNLABELLED else "unrecognised finding"
             out.exclusions.append(Exclusion(SOURCE, source_file, reason, f"finding {finding_text!r}"))
             continue
-        path = resolve_inside(folder, source_file) if filename else None
+        unsafe = not filename or filename.startswith(("/", "\\")) or Path(filename).is_absolute()
+        path = None if unsafe else resolve_inside(folder, source_file)
         if path is None:
             out.exclusions.append(Exclusion(SOURCE, source_file, "unsafe path", "absolute or outside the source folder"))
             continue

@@ -27,8 +27,8 @@ def _clinical_reading(image: Path) -> tuple[str, str]:
         text_file = folder / f"{image.stem}.txt"
         if text_file.is_file():
             text = text_file.read_text(errors="replace")
-            sex_match = re.search(r"sex:\s*([MFmf]\w*)", text) or re.search(r"\b(male|female)\b", text, re.IGNORECASE)
-            age_match = re.search(r"age:\s*(\d+\w*)", text) or re.search(r"(\d+)\s*(?:yrs|yr|years?)", text, re.IGNORECASE)
+            sex_match = re.search(r"sex:\s*([MF]\w*)", text, re.IGNORECASE) or re.search(r"\b(male|female)\b", text, re.IGNORECASE)
+            age_match = re.search(r"age:\s*(\d+\w*)", text, re.IGNORECASE) or re.search(r"(\d+)\s*(?:yrs|yr|years?)", text, re.IGNORECASE)
             return (normalise_sex(sex_match.group(1)) if sex_match else "", normalise_age(age_match.group(1)) if age_match else "")
     return "", ""
 

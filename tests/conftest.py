@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cxrclf import cli
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-mini"
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``cxrclf ARGS`` in-process through the real entry point (error handling included)."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            cli.main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            cli._state["debug"] = False
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def synthetic_sources(tmp_path_factory) -> dict[str, Path]:
+    """Cohen, RSNA and NLM phantoms in the real layouts (read-only: copy before changing)."""
+    from cxrclf.data import synthetic
+
+    root = tmp_path_factory.mktemp("sources")
+    return synthetic.write_sources(root, seed=0, per_class=12, size=128)
+
+
+@pytest.fixture
+def sources_copy(synthetic_sources, tmp_path) -> dict[str, Path]:
+    """A private, writable copy of the synthetic sources."""
+    out = {}
+    for name, folder in synthetic_sources.items():
+        out[name] = tmp_path / "src" / name
+        shutil.copytree(folder, out[name])
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (a user's clone has no ../shared; CI has it)")
+    return SHARED_DATA
