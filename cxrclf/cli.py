@@ -118,6 +118,131 @@ def audit(
 
 
 @app.command()
+def preprocess(
+    source: Annotated[Path, typer.Argument(help="A fused folder, or one image file for a preview.")] = folders.FUSED,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/preprocessed), or OUT.png for a one-image preview.")] = None,
+    size: Annotated[int, typer.Option(help="Output side in pixels (the paper: 331).")] = 331,
+    channels: Annotated[int, typer.Option(help="3 (grey replicated) or 1.")] = 3,
+    fit: Annotated[str, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = "stretch",
+    text_threshold: Annotated[Optional[float], typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = None,
+    no_text_removal: Annotated[bool, typer.Option("--no-text-removal", help="Skip text and marker removal.")] = False,
+    inpaint: Annotated[str, typer.Option(help="Inpainting: telea or ns.")] = "telea",
+    inpaint_radius: Annotated[Optional[int], typer.Option(help="Inpainting radius in pixels.")] = None,
+    denoise: Annotated[str, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = "adaptive-tv",
+    tv_weight: Annotated[Optional[float], typer.Option(help="TV strength lambda.")] = None,
+    tv_k: Annotated[Optional[float], typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = None,
+    tv_sigma: Annotated[Optional[float], typer.Option(help="Gaussian sigma of the edge detector.")] = None,
+    tv_iterations: Annotated[Optional[int], typer.Option(help="Solver iterations.")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel processes (default: all cores).")] = os.cpu_count() or 1,
+    figures: Annotated[int, typer.Option(help="Write stage-by-stage panels with histograms for this many images.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with other parameters.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Remove burned-in text, denoise (adaptive TV) and resize; resumable and parallel."""
+    from dataclasses import replace
+
+    from cxrclf.console import console, count_table, progress_bar
+    from cxrclf.preprocess.params import PreprocessParams
+
+    given = {
+        "size": size, "channels": channels, "fit": fit, "remove_text": not no_text_removal, "text_threshold": text_threshold,
+        "inpaint": inpaint, "inpaint_radius": inpaint_radius, "denoise": denoise, "tv_weight": tv_weight, "tv_k": tv_k,
+        "tv_sigma": tv_sigma, "tv_iterations": tv_iterations,
+    }
+    params = replace(PreprocessParams(), **{k: v for k, v in given.items() if v is not None}).validate()
+    if source.is_file():
+        from cxrclf.preprocess.batch import preview
+
+        if out is None:
+            raise CxrclfError("a one-image preview needs --out OUT.png", source)
+        height, width = preview(source, out, params)
+        console.print(f"wrote {out} ({width}x{height}x{params.channels}) from {source}")
+        return
+    from cxrclf.preprocess.batch import preprocess_folder
+
+    out = out or folders.PREPROCESSED
+    if not source.exists():
+        raise CxrclfError("no such folder or image (run `cxrclf fuse` first, or name a fused folder)", source)
+    console.print(f"reading {source}, writing {out}") if not as_json else None
+    with progress_bar("preprocessing", quiet=as_json) as update:
+        summary = preprocess_folder(source, out, params, workers=max(1, workers), figures=figures, overwrite=overwrite, progress=update)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console.print(count_table("Preprocessed images per split and finding", summary["split_x_finding"], "split"))
+    console.print(f"{summary['processed_now']} processed now, {summary['reused']} already done, {summary['skipped']} skipped (see {out}/skipped.csv)")
+    console.print(f"wrote {out}/manifest.csv, {out}/images/ and {out}/preprocess.json" + (f" and {out}/figures/" if figures else ""))
+
+
+def _class_constants(values: list[str]) -> dict[str, float]:
+    constants = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        try:
+            constants[name.strip()] = float(number)
+        except ValueError:
+            raise CxrclfError(f"--class-constant wants CLASS=NUMBER (for example covid19=2), not {value!r}") from None
+    return constants
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="resnet-baseline, inception_v3, inception_resnet_v2, densenet169, nasnetalarge, or any timm model name.")],
+    strategy: Annotated[str, typer.Option(help="oversample (scenarios R*) or weighted (class-weighted loss, scenarios C*).")],
+    classes: Annotated[int, typer.Option(help="2 (COVID-19 vs rest), 3 (normal, COVID-19, other) or 4.")],
+    data: Annotated[Path, typer.Option(help="Preprocessed folder.")] = folders.PREPROCESSED,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<scenario>).")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size (the paper: 10).")] = 10,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation loss.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, order and augmentation.")] = 0,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (found offline first).")] = True,
+    weights: Annotated[Optional[Path], typer.Option(help="Pretrained backbone weights (.safetensors or .pth).")] = None,
+    trainable_blocks: Annotated[str, typer.Option(help="Fine-tune the last N backbone blocks (the paper: 4), or 'all'.")] = "4",
+    image_size: Annotated[Optional[int], typer.Option(help="Network input side (default: the model's pretrained configuration).")] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout of the 128-unit head.")] = 0.5,
+    fold: Annotated[Optional[int], typer.Option(help="Validate on this cross-validation fold instead of the val split.")] = None,
+    cv: Annotated[bool, typer.Option("--cv", help="Train every fold into RUN/fold-K/ and summarise mean and std.")] = False,
+    class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
+    select_by: Annotated[str, typer.Option(help="Keep the best epoch by validation loss or auc.")] = "loss",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also log to RUN/tensorboard (needs cxrclf[tensorboard]).")] = False,
+) -> None:
+    """Fine-tune a model on the preprocessed data: the paper's six scenarios and more."""
+    from cxrclf.console import console, train_display
+    from cxrclf.train.loop import TrainOptions, cross_validate, train as run_train
+
+    if cv and fold is not None:
+        raise CxrclfError("--fold and --cv contradict each other; choose one")
+    if trainable_blocks != "all" and not trainable_blocks.isdigit():
+        raise CxrclfError(f"--trainable-blocks wants a number or 'all', not {trainable_blocks!r}")
+    options = TrainOptions(
+        model=model, strategy=strategy, classes=classes, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+        patience=patience, seed=seed, pretrained=pretrained, weights=weights,
+        trainable_blocks="all" if trainable_blocks == "all" else int(trainable_blocks), image_size=image_size, dropout=dropout,
+        fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, device=device, threads=workers,
+        resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+    )
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    console.print(f"reading {data}") if not quiet else None
+    with train_display(epochs, quiet=quiet) as callbacks:
+        if cv:
+            summary = cross_validate(options, **callbacks)
+            if not quiet:
+                console.print("cross-validation: " + ", ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items() if isinstance(v, dict)))
+            return
+        summary = run_train(options, **callbacks)
+    if not quiet:
+        best = summary["best"] or {}
+        console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}: val loss {best.get('val_loss')}, val AUC {best.get('val_auc')}")
+        console.print(f"wrote {summary['run']} (config.json, model.safetensors, metrics.csv, train.log)")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data and outputs.")] = Path("cxrclf-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the phantoms and the split.")] = 0,

@@ -70,3 +70,35 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator:
     finally:
         if "progress" in state:
             state["progress"].stop()
+
+
+@contextlib.contextmanager
+def train_display(epochs: int, quiet: bool = False) -> Iterator[dict]:
+    """Callbacks for :func:`cxrclf.train.loop.train`: a step bar with images/s and ETA, a line per epoch."""
+    if quiet:
+        yield {}
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    progress = Progress(*columns, console=errors, transient=True)
+    state: dict = {}
+
+    def on_step(epoch: int, done: int, total: int, rate: float) -> None:
+        if state.get("epoch") != epoch:
+            if "task" in state:
+                progress.remove_task(state["task"])
+            state["task"] = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, rate="")
+            state["epoch"] = epoch
+        progress.update(state["task"], completed=done, rate=f"{rate:.1f} img/s")
+
+    def on_epoch(row: dict) -> None:
+        recalls = " ".join(f"{k[len('val_recall_'):]}={v}" for k, v in row.items() if k.startswith("val_recall_"))
+        progress.console.print(
+            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+            f"acc {row['val_accuracy']:.3f}  AUC {row['val_auc']}  recall {recalls}  {row['images_per_s']} img/s" + ("  [green]best[/green]" if row["best"] else "")
+        )
+
+    def on_info(message: str) -> None:
+        progress.console.print(message)
+
+    with progress:
+        yield {"on_step": on_step, "on_epoch": on_epoch, "on_info": on_info}

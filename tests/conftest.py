@@ -61,3 +61,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (a user's clone has no ../shared; CI has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def preprocessed_synthetic(tmp_path_factory) -> Path:
+    """A fused and preprocessed synthetic dataset at 64 px (read-only)."""
+    from cxrclf.data import synthetic
+    from cxrclf.data.fuse import FuseOptions, fuse
+    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.preprocess.params import PreprocessParams
+
+    root = tmp_path_factory.mktemp("pipeline")
+    sources = synthetic.write_sources(root / "sources", seed=3, per_class=24, size=128)
+    fuse(FuseOptions(cohen=sources["cohen"], rsna=sources["rsna"], nlm=sources["nlm"], workers=1), root / "fused")
+    preprocess_folder(root / "fused", root / "prep", PreprocessParams(size=64, work_size=128), workers=1)
+    return root / "prep"

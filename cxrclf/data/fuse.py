@@ -11,10 +11,9 @@ import json
 import os
 import re
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pandas as pd
 
@@ -23,6 +22,7 @@ from cxrclf.data import imageio, split
 from cxrclf.data.manifest import FUSED_COLUMNS, write_manifest
 from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, cohen, nlm, rsna, table
 from cxrclf.errors import CxrclfError
+from cxrclf.parallel import map_images
 from cxrclf.labels import FINDINGS
 
 REPORT_NAME = "fuse_report.json"
@@ -95,21 +95,6 @@ def _decode_one(task: tuple[str, str]) -> tuple[int, int, str, str] | str:
     return image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image)
 
 
-def _map_parallel(function: Callable, tasks: list, workers: int, progress: Callable[[int], None]) -> list:
-    if workers <= 1 or len(tasks) < 2:
-        results = []
-        for task in tasks:
-            results.append(function(task))
-            progress(1)
-        return results
-    results = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(function, tasks, chunksize=max(1, min(16, len(tasks) // (workers * 8) or 1))):
-            results.append(result)
-            progress(1)
-    return results
-
-
 def _count_table(frame: pd.DataFrame, rows: str) -> dict[str, dict[str, int]]:
     table_counts: dict[str, dict[str, int]] = {}
     for key, sub in frame.groupby(rows, sort=True):
@@ -132,14 +117,7 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
     with atomic.staged_folder(out, overwrite) as stage:
         (stage / IMAGES).mkdir()
         tasks = [(str(r.file), str(stage / IMAGES / f"{i}.png")) for r, i in zip(records, ids)]
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], len(tasks))
-
-        decoded = _map_parallel(_decode_one, tasks, options.workers, tick)
+        decoded = map_images(_decode_one, tasks, options.workers, progress)
 
         kept: list[dict] = []
         for record, image_id, result in zip(records, ids, decoded):

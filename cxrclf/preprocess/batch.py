@@ -1,0 +1,174 @@
+"""``cxrclf preprocess``: a fused folder -> a preprocessed folder, in parallel, resumable.
+
+Output: ``images/<image_id>.png``, ``manifest.csv`` (the fused rows; ``path`` now points to
+the processed image and ``fused_path`` to the input), ``skipped.csv`` (rows that could not
+be processed, with the reason), ``preprocess.json`` (parameters, versions, counts) and,
+with ``figures``, ``figures/<image_id>.png`` panels of every stage with its histogram.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from cxrclf import __version__, atomic
+from cxrclf.data import imageio
+from cxrclf.data.manifest import FUSED_COLUMNS, manifest_path, read_manifest, to_csv_bytes, write_manifest
+from cxrclf.errors import CxrclfError
+from cxrclf.parallel import map_images
+from cxrclf.preprocess.params import PreprocessParams
+
+PARAMS_NAME = "preprocess.json"
+SKIPPED_NAME = "skipped.csv"
+IMAGES = "images"
+FIGURES = "figures"
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import numpy
+
+    return {"cxrclf": __version__, "numpy": numpy.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
+
+
+def _process_one(task: tuple[str, str, dict]) -> str | None:
+    """Worker: read, preprocess, write atomically. Returns ``None`` or the reason it failed."""
+    from cxrclf.preprocess.pipeline import preprocess_image
+
+    source, target, values = task
+    try:
+        image = imageio.read_image(source)
+    except CxrclfError as exc:
+        return exc.reason
+    try:
+        result = preprocess_image(image, PreprocessParams(**values))
+    except Exception as exc:  # a pathological image must not stop the batch
+        return f"preprocessing failed ({exc.__class__.__name__}: {exc})"
+    atomic.write_bytes(Path(target), imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
+    return None
+
+
+def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool) -> bool:
+    """True when ``out`` holds an unfinished or finished run with the same parameters (resume)."""
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if overwrite:
+        return False
+    existing = out / PARAMS_NAME
+    if not existing.is_file():
+        raise CxrclfError("output folder exists and is not a preprocessed folder (pass --overwrite to replace it)", out)
+    try:
+        document = json.loads(existing.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CxrclfError("unreadable preprocess.json (pass --overwrite to start again)", existing) from exc
+    if document.get("params") != params.to_dict():
+        changed = sorted(k for k, v in params.to_dict().items() if document.get("params", {}).get(k) != v)
+        raise CxrclfError(f"was made with other parameters ({', '.join(changed)} differ); pass --overwrite to redo it or choose another --out", out)
+    if document.get("fused_manifest_sha256") != fused_sha:
+        raise CxrclfError("was made from another fused manifest; pass --overwrite to redo it", out)
+    return True
+
+
+def preprocess_folder(
+    fused: Path,
+    out: Path,
+    params: PreprocessParams,
+    workers: int = 1,
+    figures: int = 0,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Preprocess every image of a fused folder into ``out``; returns the summary written to preprocess.json."""
+    params.validate()
+    fused = Path(fused)
+    frame = read_manifest(fused)
+    fused_file = manifest_path(fused)
+    fused_sha = hashlib.sha256(fused_file.read_bytes()).hexdigest()
+    resuming = _check_existing(out, params, fused_sha, overwrite)
+    if out.exists() and not resuming and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    summary = {"params": params.to_dict(), "fused": str(fused.resolve()), "fused_manifest_sha256": fused_sha, "versions": _versions(), "complete": False}
+    if not resuming:
+        atomic.write_text(out / PARAMS_NAME, json.dumps(summary, indent=2) + "\n")
+
+    root = fused_file.parent
+    targets = [out / IMAGES / f"{image_id}.png" for image_id in frame["image_id"]]
+    todo = [i for i, target in enumerate(targets) if not target.exists()]
+    tasks = [(str(root / frame["path"].iloc[i]), str(targets[i]), params.to_dict()) for i in todo]
+    results = map_images(_process_one, tasks, workers, progress)
+    failed = {todo[k]: reason for k, reason in enumerate(results) if reason is not None}
+
+    skipped = [{"image_id": frame["image_id"].iloc[i], "fused_path": frame["path"].iloc[i], "reason": reason} for i, reason in sorted(failed.items())]
+    done = frame.drop(index=list(failed)).copy()
+    done["fused_path"] = done["path"]
+    done["path"] = [f"{IMAGES}/{image_id}.png" for image_id in done["image_id"]]
+    done = done[list(FUSED_COLUMNS) + ["fused_path"] + [c for c in frame.columns if c not in FUSED_COLUMNS]]
+    write_manifest(done.reset_index(drop=True), out)
+    atomic.write_bytes(out / SKIPPED_NAME, to_csv_bytes(pd.DataFrame(skipped, columns=["image_id", "fused_path", "reason"])))
+    if figures:
+        write_figures(root, frame.drop(index=list(failed)), params, out / FIGURES, figures)
+    summary.update(
+        complete=True,
+        images=int(len(done)),
+        processed_now=len(todo) - len(failed),
+        reused=len(targets) - len(todo),
+        skipped=len(skipped),
+        skipped_rows=skipped,
+        split_x_finding={s: {f: int(n) for f, n in sub["finding"].value_counts().sort_index().items()} for s, sub in done.groupby("split")},
+    )
+    atomic.write_text(out / PARAMS_NAME, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def preview(image_path: Path, out_file: Path, params: PreprocessParams) -> tuple[int, int]:
+    """Preprocess one image file into ``out_file`` (PNG); returns the output (height, width)."""
+    from cxrclf.preprocess.pipeline import preprocess_image
+
+    params.validate()
+    if out_file.suffix.lower() != ".png":
+        raise CxrclfError("preview output must be a .png file", out_file)
+    result = preprocess_image(imageio.read_image(image_path), params)
+    atomic.write_bytes(out_file, imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
+    return result.shape[0], result.shape[1]
+
+
+def write_figures(root: Path, frame: pd.DataFrame, params: PreprocessParams, folder: Path, count: int) -> list[Path]:
+    """The paper's Fig. 3: per image, each stage and its pixel histogram. One per finding first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cxrclf.preprocess.pipeline import preprocess_stages
+
+    order = list(frame.drop_duplicates("finding").index) + [i for i in frame.index if i not in set(frame.drop_duplicates("finding").index)]
+    written = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in order[:count]:
+        row = frame.loc[index]
+        stages = preprocess_stages(imageio.read_image(root / row["path"]), params)
+        names = ["input", "text removed", "resized", "denoised"]
+        fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.0))
+        for column, name in enumerate(names):
+            axes[0, column].imshow(stages[name], cmap="gray", vmin=0, vmax=1)
+            axes[0, column].set_title(name)
+            axes[0, column].axis("off")
+            axes[1, column].hist(np.asarray(stages[name]).ravel(), bins=64, range=(0, 1), color="0.3")
+            axes[1, column].set_yticks([])
+        fig.suptitle(f"{row['image_id']} ({row['finding']}, {row['source']})")
+        fig.tight_layout()
+        target = folder / f"{row['image_id']}.png"
+        fig.savefig(target.with_suffix(".tmp.png"), dpi=80)
+        plt.close(fig)
+        target.with_suffix(".tmp.png").replace(target)
+        written.append(target)
+    return written

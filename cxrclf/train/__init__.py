@@ -1,0 +1,1 @@
+"""Training: imbalance strategies, augmentation, the loop, and the run folder format."""
