@@ -243,6 +243,63 @@ def train(
 
 
 @app.command()
+def evaluate(
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run folder(s) (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Fused or preprocessed folder to evaluate on (default: the run's own data).")] = None,
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over patients for 95% intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    sensitivity: Annotated[Optional[float], typer.Option(help="Operating point: reach this validation sensitivity for COVID-19 (default: Youden's J).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation-<data>-<split>; with --table, where the table files go).")] = None,
+    table: Annotated[bool, typer.Option("--table", help="Compare runs in the shape of the paper's Table 4.")] = False,
+    table_format: Annotated[str, typer.Option("--format", help="Table format: md or csv.")] = "md",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.")] = os.cpu_count() or 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
+    from cxrclf.console import console, evaluation_table
+    from cxrclf.evaluate.evaluation import EvaluateOptions, _jsonable, evaluate as run_evaluate
+    from cxrclf.evaluate.report import scenario_markdown, scenario_rows
+
+    if table_format not in ("md", "csv"):
+        raise CxrclfError(f"--format must be md or csv, not {table_format!r}")
+    targets = runs or [None]
+    if len(targets) > 1 and not table:
+        raise CxrclfError("several runs need --table (or evaluate them one at a time)")
+    results = []
+    for run in targets:
+        options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
+                                  out=None if table else out, device=device, workers=max(1, workers))
+        results.append(run_evaluate(options))
+        if not as_json and not table:
+            console.print(evaluation_table(results[-1]))
+            console.print(f"wrote {results[-1]['out']}/ (report.md, metrics.json, predictions.csv, figures)")
+    if table:
+        import csv
+        import io
+
+        rows = scenario_rows(results)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = scenario_markdown(rows) if table_format == "md" else buffer.getvalue()
+        if out:
+            from cxrclf import atomic
+
+            atomic.write_text(out / "scenario_table.md", scenario_markdown(rows))
+            atomic.write_text(out / "scenario_table.csv", buffer.getvalue())
+        if as_json:
+            typer.echo(json.dumps(_jsonable(rows), indent=2))
+        else:
+            typer.echo(text)
+        return
+    if as_json:
+        typer.echo(json.dumps(_jsonable(results[0]), indent=2))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data and outputs.")] = Path("cxrclf-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the phantoms and the split.")] = 0,

@@ -102,3 +102,30 @@ def train_display(epochs: int, quiet: bool = False) -> Iterator[dict]:
 
     with progress:
         yield {"on_step": on_step, "on_epoch": on_epoch, "on_info": on_info}
+
+
+def evaluation_table(result: dict) -> Table:
+    """The headline of an evaluation: macro and COVID-19-vs-rest metrics with 95% intervals."""
+    import math
+
+    def cell(value, interval=None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        if interval and interval[0] is not None and not (isinstance(interval[0], float) and math.isnan(interval[0])):
+            return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+        return f"{value:.3f}"
+
+    ci = result.get("intervals", {})
+    focus = result["covid19_vs_rest"]["at_argmax"]
+    table = Table(title=f"{result['model']} {result['scenario']} on {result['split']} ({result['n_images']} images, {result['n_patients']} patients)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("macro [95% CI]", justify="right")
+    table.add_column("COVID-19 vs rest [95% CI]", justify="right")
+    for key, label in (("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC")):
+        if key == "accuracy":
+            table.add_row(label, cell(result["point"]["accuracy"], ci.get("accuracy")), "")
+        else:
+            table.add_row(label, cell(result["point"][f"macro_{key}"], ci.get(f"macro_{key}")), cell(focus[key], ci.get(f"covid19_{key}")))
+    calibration = result["calibration"]
+    table.add_row("ECE / Brier", f"{calibration['ece']:.3f} / {calibration['brier']:.3f}", "")
+    return table

@@ -76,3 +76,14 @@ def preprocessed_synthetic(tmp_path_factory) -> Path:
     fuse(FuseOptions(cohen=sources["cohen"], rsna=sources["rsna"], nlm=sources["nlm"], workers=1), root / "fused")
     preprocess_folder(root / "fused", root / "prep", PreprocessParams(size=64, work_size=128), workers=1)
     return root / "prep"
+
+
+@pytest.fixture(scope="session")
+def trained_run(preprocessed_synthetic, tmp_path_factory) -> Path:
+    """A small 3-class run (resnet-baseline at 48 px, 6 epochs) on the synthetic data."""
+    from cxrclf.train.loop import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("runs") / "baseline-RM3"
+    train(TrainOptions(model="resnet-baseline", strategy="oversample", classes=3, data=preprocessed_synthetic, out=out,
+                       epochs=6, patience=6, batch_size=16, lr=2e-3, image_size=48, threads=1))
+    return out

@@ -30,6 +30,18 @@ def to_model_plane(image: np.ndarray, input_size: int) -> np.ndarray:
     return np.ascontiguousarray(plane)
 
 
+def model_input(planes, in_chans: int, mean, std):
+    """(N, S, S) planes, uint8 or float in [0, 1], tensor on any device -> normalised (N, C, S, S).
+
+    Grey is replicated to the model's channels; channels_last, as the models run fastest so.
+    """
+    import torch
+
+    x = planes.float().div_(255.0) if planes.dtype == torch.uint8 else planes.float()
+    x = x.unsqueeze(1).expand(-1, in_chans, -1, -1)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
 @dataclass
 class ImageSet:
     planes: np.ndarray          # (N, S, S) uint8

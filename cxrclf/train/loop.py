@@ -33,7 +33,7 @@ from cxrclf.labels import SCHEMES
 from cxrclf.preprocess.params import read_params
 from cxrclf.train import imbalance, run as runfolder
 from cxrclf.train.augment import random_affine
-from cxrclf.train.data import ImageSet, load_images, read_preprocessed, select
+from cxrclf.train.data import ImageSet, load_images, model_input, read_preprocessed, select
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _device(name: str) -> torch.device:
 
 
 class Batches:
-    """Turns uint8 planes into normalised model input on the device (channels_last)."""
+    """Turns uint8 planes into normalised model input on the device, augmenting flagged copies."""
 
     def __init__(self, images: ImageSet, in_chans: int, mean, std, device: torch.device):
         self.device = device
@@ -130,14 +130,12 @@ class Batches:
 
     def get(self, indices: np.ndarray, augment: np.ndarray | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        x = self.planes[index].to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+        x = self.planes[index].to(self.device, non_blocking=True).float().div_(255.0)
         if augment is not None and augment.any():
             flags = torch.from_numpy(augment).to(self.device)
-            x[flags] = random_affine(x[flags], generator)
-        x = x.expand(-1, self.in_chans, -1, -1)
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            x[flags] = random_affine(x[flags].unsqueeze(1), generator).squeeze(1)
         y = self.labels[index].to(self.device, non_blocking=True)
-        return x, y
+        return model_input(x, self.in_chans, self.mean, self.std), y
 
 
 class Trainer:

@@ -1,0 +1,216 @@
+"""``cxrclf evaluate``: predictions, metrics with intervals, calibration, plots and a report.
+
+Flow: a run + a data folder (its own preprocessed data by default, or any fused or
+preprocessed folder as an external test set) -> predictions.csv -> metrics.json, report.md
+and figures in ``RUN/evaluation-<data>-<split>/``. The COVID-19-vs-rest operating point is
+chosen on the run's validation split, never on the data being evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrclf import atomic
+from cxrclf.data import imageio
+from cxrclf.data.manifest import manifest_path, read_manifest, to_csv_bytes
+from cxrclf.errors import CxrclfError
+from cxrclf.evaluate import calibration, intervals, metrics, threshold as operating
+from cxrclf.labels import COVID19, SCHEMES
+from cxrclf.parallel import map_images
+from cxrclf.preprocess.params import PreprocessParams, read_params
+
+FOCUS = COVID19
+
+
+@dataclass
+class EvaluateOptions:
+    run: Path
+    data: Path | None = None
+    split: str = "test"
+    bootstrap: int = 1000
+    seed: int = 0
+    sensitivity: float | None = None
+    out: Path | None = None
+    device: str = "auto"
+    workers: int = os.cpu_count() or 1
+
+    def validate(self) -> None:
+        if self.split not in ("test", "val", "train", "all"):
+            raise CxrclfError(f"--split must be test, val, train or all, not {self.split!r}")
+        if self.bootstrap < 0:
+            raise CxrclfError("--bootstrap must be 0 (off) or more resamples")
+        if self.sensitivity is not None and not 0 < self.sensitivity <= 1:
+            raise CxrclfError(f"--sensitivity must be in (0, 1], not {self.sensitivity}")
+
+
+def _plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
+    """Worker: one image file -> the model's input plane (preprocessing it first if asked)."""
+    from cxrclf.preprocess.pipeline import preprocess_image
+    from cxrclf.train.data import to_model_plane
+
+    path, params, size = task
+    try:
+        image = imageio.read_image(path)
+    except CxrclfError as exc:
+        return exc.reason
+    if params is not None:
+        image = preprocess_image(image, PreprocessParams(**params))
+    return to_model_plane(image, size)
+
+
+def load_rows(data: Path, split: str, params: PreprocessParams, fold: int | None = None) -> tuple[pd.DataFrame, Path, bool]:
+    """Rows of ``split`` from a fused or preprocessed folder; True when they still need preprocessing."""
+    from cxrclf.train.data import select
+
+    frame = read_manifest(data)
+    root = manifest_path(data).parent
+    preprocessed = "fused_path" in frame.columns
+    if preprocessed:
+        theirs = read_params(root / "preprocess.json")
+        if theirs != params:
+            changed = sorted(k for k, v in params.to_dict().items() if theirs.to_dict()[k] != v)
+            raise CxrclfError(f"was preprocessed with other parameters than the run ({', '.join(changed)}); pass its fused folder instead", root)
+    rows = frame if split == "all" else select(frame, split, fold)
+    if rows.empty:
+        raise CxrclfError(f"the {split} split is empty", root)
+    return rows.reset_index(drop=True), root, not preprocessed
+
+
+def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> pd.DataFrame:
+    """predictions.csv rows: ids, source, true label, one prob_<class> per class, predicted label."""
+    scheme = SCHEMES[len(predictor.class_names)]
+    params = predictor.params.to_dict() if needs_preprocessing else None
+    tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
+    planes = map_images(_plane_from_file, tasks, workers if needs_preprocessing else 1)
+    failed = [(rows["path"].iloc[i], p) for i, p in enumerate(planes) if isinstance(p, str)]
+    if failed:
+        raise CxrclfError(f"cannot read {len(failed)} image(s), first: {failed[0][1]}", root / failed[0][0])
+    probabilities = predictor.probabilities(np.stack(planes)) if planes else np.zeros((0, len(predictor.class_names)))
+    out = pd.DataFrame({
+        "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"], "finding": rows["finding"],
+        "label": [scheme.finding_to_class[f] for f in rows["finding"]],
+    })
+    for index, name in enumerate(predictor.class_names):
+        out[f"prob_{name}"] = probabilities[:, index]
+    out["predicted"] = [predictor.class_names[i] for i in probabilities.argmax(axis=1)]
+    return out
+
+
+def _arrays(predictions: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.array([class_names.index(c) for c in predictions["label"]])
+    probabilities = predictions[[f"prob_{c}" for c in class_names]].to_numpy(dtype=float)
+    return labels, probabilities
+
+
+def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold: dict | None, resamples: int, seed: int) -> dict:
+    """Every number of the report, from predictions alone (pure)."""
+    labels, probabilities = _arrays(predictions, class_names)
+    focus = class_names.index(FOCUS)
+    positive, score = labels == focus, probabilities[:, focus]
+    overall = metrics.classification_metrics(labels, probabilities)
+    at_argmax = metrics.positive_metrics(positive, score, probabilities.argmax(axis=1) == focus)
+    result = {
+        "n_images": int(len(labels)),
+        "n_patients": int(predictions["patient_id"].nunique()),
+        "classes": class_names,
+        "overall": overall,
+        f"{FOCUS}_vs_rest": {"at_argmax": at_argmax},
+    }
+    if threshold is not None:
+        result[f"{FOCUS}_vs_rest"]["operating_point"] = threshold | metrics.positive_metrics(positive, score, score >= threshold["threshold"])
+
+    # exact intervals for sensitivity and specificity of the focus class (at argmax)
+    tp, fn, tn, fp = at_argmax["tp"], at_argmax["fn"], at_argmax["tn"], at_argmax["fp"]
+    result[f"{FOCUS}_vs_rest"]["clopper_pearson"] = {"recall": intervals.clopper_pearson(tp, tp + fn), "specificity": intervals.clopper_pearson(tn, tn + fp)}
+
+    def headline(rows: np.ndarray) -> dict[str, float]:
+        m = metrics.classification_metrics(labels[rows], probabilities[rows])
+        f = metrics.positive_metrics(positive[rows], score[rows], probabilities[rows].argmax(axis=1) == focus)
+        return {"accuracy": m["accuracy"], **{f"macro_{k}": v for k, v in m["macro"].items()}, **{f"{FOCUS}_{k}": f[k] for k in ("precision", "recall", "specificity", "f1", "auc")}}
+
+    result["point"] = headline(np.arange(len(labels)))
+    if resamples:
+        result["intervals"] = {k: list(v) for k, v in intervals.bootstrap(headline, predictions["patient_id"].to_numpy(), resamples, seed).items()}
+        result["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "patient", "level": 0.95}
+    result["calibration"] = {
+        "ece": calibration.expected_calibration_error(labels, probabilities),
+        "brier": calibration.brier_score(labels, probabilities),
+        "bins": calibration.reliability_bins(labels, probabilities),
+    }
+    per_source = {}
+    for source, members in predictions.groupby("source", sort=True).groups.items():
+        rows = np.asarray([predictions.index.get_loc(i) for i in members])
+        sub = metrics.classification_metrics(labels[rows], probabilities[rows])
+        per_source[source] = {
+            "n": int(len(rows)),
+            "accuracy": sub["accuracy"],
+            "classes": {class_names[c]: int(m["support"]) for c, m in enumerate(sub["per_class"]) if m["support"]},
+            "recall": {class_names[c]: m["recall"] for c, m in enumerate(sub["per_class"]) if m["support"]},
+        }
+    result["per_source"] = per_source
+    return result
+
+
+def _validation_threshold(predictor, config: dict, sensitivity: float | None, workers: int) -> dict | None:
+    """The operating point from the run's own validation split; None when that data is gone."""
+    folder = Path(config["data"]["folder"])
+    if not manifest_path(folder).is_file():
+        return None
+    rows, root, needs = load_rows(folder, "val", predictor.params, config["data"].get("fold"))
+    predictions = predict_rows(predictor, rows, root, needs, workers)
+    labels, probabilities = _arrays(predictions, predictor.class_names)
+    focus = predictor.class_names.index(FOCUS)
+    return operating.choose_threshold(labels == focus, probabilities[:, focus], sensitivity) | {"chosen_on": f"{folder} (val)"}
+
+
+def evaluate(options: EvaluateOptions) -> dict:
+    """Evaluate one run; writes its evaluation folder and returns metrics.json's content."""
+    from cxrclf.evaluate import plots, report
+    from cxrclf.inference import Predictor
+    from cxrclf.train.run import resolve_run
+
+    options.validate()
+    run = resolve_run(options.run)
+    predictor = Predictor(run, options.device)
+    config = predictor.config
+    own = Path(config["data"]["folder"])
+    data = Path(options.data) if options.data else own
+    if not data.exists():
+        raise CxrclfError("data folder not found (pass --data)", data)
+    own_data = data.resolve() == own.resolve()
+    rows, root, needs = load_rows(data, options.split, predictor.params, config["data"].get("fold") if own_data else None)
+    predictions = predict_rows(predictor, rows, root, needs, options.workers)
+    threshold = _validation_threshold(predictor, config, options.sensitivity, options.workers)
+    result = {
+        "run": str(run), "model": config["model"], "scenario": config.get("scenario", ""), "data": str(data.resolve()),
+        "split": options.split, "external": not own_data,
+    } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
+
+    name = f"evaluation-{'own' if own_data else data.resolve().name}-{options.split}"
+    out = Path(options.out) if options.out else run / name
+    with atomic.staged_folder(out, overwrite=True) as stage:
+        atomic.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
+        atomic.write_text(stage / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
+        figures = plots.write_all(stage, predictions, predictor.class_names, result, run / "metrics.csv")
+        atomic.write_text(stage / "report.md", report.markdown(result, figures))
+    result["out"] = str(out)
+    return result
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _jsonable(value.item())
+    return value

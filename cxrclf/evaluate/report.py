@@ -1,0 +1,108 @@
+"""report.md (readable on its own) and the paper's Table 4 across runs."""
+
+from __future__ import annotations
+
+import math
+
+from cxrclf.labels import COVID19
+
+HEADLINE = (("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall (sensitivity)"), ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC"))
+
+
+def _number(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _with_interval(value, interval) -> str:
+    if not interval or interval[0] is None or (isinstance(interval[0], float) and math.isnan(interval[0])):
+        return _number(value)
+    return f"{_number(value)} [{_number(interval[0])}, {_number(interval[1])}]"
+
+
+def markdown(result: dict, figures: dict[str, str]) -> str:
+    focus = result[f"{COVID19}_vs_rest"]
+    ci = result.get("intervals", {})
+    lines = [
+        f"# Evaluation of {result['model']} ({result['scenario']})",
+        "",
+        f"- run: `{result['run']}`",
+        f"- data: `{result['data']}`, split `{result['split']}`" + (" (external data)" if result["external"] else ""),
+        f"- {result['n_images']} images of {result['n_patients']} patients; classes: {', '.join(result['classes'])}",
+    ]
+    if "bootstrap" in result:
+        b = result["bootstrap"]
+        lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
+    lines += ["", "## Headline", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
+    for key, label in HEADLINE:
+        macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
+        macro_ci = ci.get("accuracy") if key == "accuracy" else ci.get(f"macro_{key}")
+        covid = focus["at_argmax"][key]
+        covid_ci = ci.get(f"{COVID19}_{key}") if key != "accuracy" else None
+        lines.append(f"| {label} | {_with_interval(macro, macro_ci)} | {_with_interval(covid, covid_ci)} |")
+    cp = focus["clopper_pearson"]
+    lines += [
+        "",
+        f"COVID-19 sensitivity {_number(focus['at_argmax']['recall'])} (exact 95% interval {_number(cp['recall'][0])} to {_number(cp['recall'][1])}, "
+        f"{focus['at_argmax']['tp']} of {focus['at_argmax']['tp'] + focus['at_argmax']['fn']} COVID-19 images); specificity {_number(focus['at_argmax']['specificity'])} "
+        f"({_number(cp['specificity'][0])} to {_number(cp['specificity'][1])}).",
+    ]
+    if "operating_point" in focus:
+        op = focus["operating_point"]
+        lines += ["", "## Operating point (chosen on validation, never on these data)", "",
+                  f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}): validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}.",
+                  "", "| at this threshold | value |", "|---|---|"]
+        lines += [f"| {label} | {_number(op[key])} |" for key, label in HEADLINE]
+    else:
+        lines += ["", "No operating point: the run's validation data could not be found."]
+    lines += ["", "## Per class (one vs rest)", "", "| class | support | precision | recall | specificity | F1 | AUC |", "|---|---|---|---|---|---|---|"]
+    for name, m in zip(result["classes"], result["overall"]["per_class"]):
+        lines.append(f"| {name} | {m['support']} | {_number(m['precision'])} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['f1'])} | {_number(m['auc'])} |")
+    lines += ["", "## Confusion matrix (rows true, columns predicted)", "", "| | " + " | ".join(result["classes"]) + " |", "|---" * (len(result["classes"]) + 1) + "|"]
+    for name, row in zip(result["classes"], result["overall"]["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Per source", "", "When one source carries a class, a high score may measure the source, not the disease.", "",
+              "| source | images | accuracy | classes present | recall per class |", "|---|---|---|---|---|"]
+    for source, s in result["per_source"].items():
+        lines.append(f"| {source} | {s['n']} | {_number(s['accuracy'])} | {', '.join(f'{k} {v}' for k, v in s['classes'].items())} | {', '.join(f'{k} {_number(v)}' for k, v in s['recall'].items())} |")
+    cal = result["calibration"]
+    lines += ["", "## Calibration", "", f"Expected calibration error {_number(cal['ece'])} (10 bins, top-label); Brier score {_number(cal['brier'])}.", ""]
+    lines += ["## Figures", ""] + [f"![{title}]({file})" for title, file in figures.items()] + [""]
+    return "\n".join(lines)
+
+
+TABLE_COLUMNS = ("accuracy", "precision", "recall", "auc", "specificity", "f1")
+
+
+def scenario_rows(results: list[dict]) -> list[dict]:
+    """The paper's Table 4: per run, metrics with intervals (binary: COVID-19 class; else macro)."""
+    rows = []
+    for r in results:
+        binary = len(r["classes"]) == 2
+        row = {"model": r["model"], "scenario": r["scenario"], "run": r["run"]}
+        for key in TABLE_COLUMNS:
+            name = "accuracy" if key == "accuracy" else (f"{COVID19}_{key}" if binary else f"macro_{key}")
+            row[key] = r["point"][name]
+            interval = r.get("intervals", {}).get(name)
+            row[f"{key}_low"], row[f"{key}_high"] = (interval if interval else (None, None))
+        rows.append(row)
+    order = {code: i for i, code in enumerate(("CB", "CM3", "CM4", "RB", "RM3", "RM4"))}
+    rows.sort(key=lambda row: (order.get(row["scenario"], 99), row["model"]))
+    best: dict[str, tuple[float, int]] = {}
+    for index, row in enumerate(rows):
+        value = row["auc"] if row["auc"] is not None and not math.isnan(row["auc"]) else -1
+        if value > best.get(row["scenario"], (-2, -1))[0]:
+            best[row["scenario"]] = (value, index)
+    for index, row in enumerate(rows):
+        row["best"] = best[row["scenario"]][1] == index
+    return rows
+
+
+def scenario_markdown(rows: list[dict]) -> str:
+    lines = ["| model | scenario | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        cells = [_with_interval(row[k], (row[f"{k}_low"], row[f"{k}_high"])) for k in TABLE_COLUMNS]
+        model = f"**{row['model']}**" if row["best"] else row["model"]
+        lines.append(f"| {model} | {row['scenario']} | " + " | ".join(cells) + " |")
+    lines += ["", "Binary scenarios (CB, RB) report the COVID-19 class; multi-class scenarios report macro averages. "
+              "95% bootstrap intervals over patients in brackets; bold marks the best AUC per scenario."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""A trained run as a function from images to class probabilities: the one inference path.
+
+``evaluate``, ``predict`` and ``explain`` all go through :class:`Predictor`, so an image
+gets the same probabilities whichever command asks (predict's numbers equal the row of
+evaluate's predictions.csv).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrclf.preprocess.params import PreprocessParams
+from cxrclf.train.data import model_input, to_model_plane
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    from cxrclf.errors import CxrclfError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CxrclfError("--device cuda asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise CxrclfError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+class Predictor:
+    def __init__(self, run: Path, device: str = "auto"):
+        from cxrclf.train.run import load_run
+
+        self.device = choose_device(device)
+        self.run = Path(run)
+        self.model, self.config = load_run(self.run, device=str(self.device))
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = PreprocessParams.from_dict(self.config["preprocess"], self.run / "config.json")
+        self.class_names: list[str] = list(self.config["class_names"])
+        self.input_size: int = int(self.config["input_size"])
+        self.in_chans: int = int(self.config["in_chans"])
+        self.mean = torch.tensor(self.config["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.config["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def plane_from_decoded(self, image: np.ndarray) -> np.ndarray:
+        """A decoded X-ray (any size, uint8/uint16) -> the model's uint8 input plane."""
+        from cxrclf.preprocess.pipeline import preprocess_image
+
+        return to_model_plane(preprocess_image(image, self.params), self.input_size)
+
+    def plane_from_preprocessed(self, image: np.ndarray) -> np.ndarray:
+        return to_model_plane(image, self.input_size)
+
+    def tensor(self, planes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 planes (N, S, S) or float planes in [0, 1] -> normalised (N, C, S, S) input."""
+        x = planes if isinstance(planes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(planes))
+        return model_input(x.to(self.device), self.in_chans, self.mean, self.std)
+
+    @torch.inference_mode()
+    def probabilities(self, planes: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Softmax probabilities (N, classes) for uint8 or [0, 1] float planes."""
+        out = []
+        autocast = self.device.type == "cuda"
+        for start in range(0, len(planes), batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = self.model(self.tensor(planes[start:start + batch_size]))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), dtype=np.float32)

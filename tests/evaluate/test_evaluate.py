@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrclf.evaluate import evaluation
+
+
+def test_evaluate_writes_report_metrics_and_figures(run_cli, trained_run, preprocessed_synthetic, tmp_path):
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", trained_run, "--bootstrap", "200", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "COVID-19 vs rest" in result.stdout
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["image_id", "patient_id", "source", "finding", "label", "prob_normal", "prob_covid19", "prob_other", "predicted"]
+    test_rows = pd.read_csv(preprocessed_synthetic / "manifest.csv").query("split == 'test'")
+    assert sorted(predictions.image_id) == sorted(test_rows.image_id)
+    assert np.allclose(predictions[["prob_normal", "prob_covid19", "prob_other"]].sum(axis=1), 1.0, atol=1e-5)
+    found = json.loads((out / "metrics.json").read_text())
+    assert found["n_images"] == len(test_rows) and found["bootstrap"]["unit"] == "patient"
+    assert found["overall"]["accuracy"] == pytest.approx((predictions.label == predictions.predicted).mean())
+    assert "operating_point" in found["covid19_vs_rest"]
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png", "training_curves.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size == (600, 500)
+    report = (out / "report.md").read_text()
+    assert "## Per source" in report and "![ROC](roc.png)" in report and "Clopper-Pearson" in report
+
+
+def test_threshold_is_chosen_on_validation_labels_only(trained_run, preprocessed_synthetic, monkeypatch):
+    seen = []
+    original = evaluation.operating.choose_threshold
+
+    def spy(positive, score, sensitivity=None):
+        seen.append(len(positive))
+        return original(positive, score, sensitivity)
+
+    monkeypatch.setattr(evaluation.operating, "choose_threshold", spy)
+    evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1))
+    manifest = pd.read_csv(preprocessed_synthetic / "manifest.csv")
+    assert seen == [int((manifest.split == "val").sum())]
+
+
+def test_external_fused_folder_is_preprocessed_like_training(trained_run, preprocessed_synthetic, tmp_path):
+    own = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1, out=tmp_path / "own"))
+    fused = preprocessed_synthetic.parent / "fused"
+    external = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, data=fused, bootstrap=0, workers=2, out=tmp_path / "ext"))
+    assert external["external"] is True
+    a = pd.read_csv(tmp_path / "own" / "predictions.csv").set_index("image_id").sort_index()
+    b = pd.read_csv(tmp_path / "ext" / "predictions.csv").set_index("image_id").sort_index()
+    probabilities = [c for c in a.columns if c.startswith("prob_")]
+    assert np.allclose(a[probabilities], b[probabilities], atol=1e-5)
+    assert own["point"] == external["point"]
+
+
+def test_scenario_table(run_cli, trained_run, tmp_path):
+    result = run_cli("evaluate", trained_run, trained_run, "--table", "--bootstrap", "50", "--out", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert "| model | scenario | accuracy | precision | recall | auc | specificity | f1 |" in result.stdout
+    assert result.stdout.count("| RM3 |") == 2
+    table = pd.read_csv(tmp_path / "scenario_table.csv")
+    assert list(table.scenario) == ["RM3", "RM3"] and table.best.sum() == 1
+    csv_result = run_cli("evaluate", trained_run, "--table", "--format", "csv", "--bootstrap", "0")
+    assert csv_result.stdout.startswith("model,scenario,run,accuracy")
+
+
+def test_bad_inputs(run_cli, trained_run, preprocessed_synthetic, tmp_path):
+    empty = tmp_path / "empty-run"
+    shutil.copytree(trained_run, empty, ignore=shutil.ignore_patterns("model.safetensors", "evaluation-*", "checkpoint.pt"))
+    result = run_cli("evaluate", empty)
+    assert result.exit_code == 2 and "no model.safetensors" in result.stderr
+    no_test = tmp_path / "no-test"
+    shutil.copytree(preprocessed_synthetic, no_test)
+    manifest = pd.read_csv(no_test / "manifest.csv")
+    manifest[manifest.split != "test"].to_csv(no_test / "manifest.csv", index=False)
+    result = run_cli("evaluate", trained_run, "--data", no_test)
+    assert result.exit_code == 2 and "test split is empty" in result.stderr
+    manifest.loc[0, "finding"] = "effusion"
+    manifest.to_csv(no_test / "manifest.csv", index=False)
+    result = run_cli("evaluate", trained_run, "--data", no_test)
+    assert result.exit_code == 2 and "unknown finding(s) effusion" in result.stderr
+    other_params = tmp_path / "other-params"
+    shutil.copytree(preprocessed_synthetic, other_params)
+    document = json.loads((other_params / "preprocess.json").read_text())
+    document["params"]["size"] = 32
+    (other_params / "preprocess.json").write_text(json.dumps(document))
+    result = run_cli("evaluate", trained_run, "--data", other_params)
+    assert result.exit_code == 2 and "other parameters than the run (size)" in result.stderr
