@@ -127,7 +127,7 @@ def preprocess(
     text_threshold: Annotated[Optional[float], typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = None,
     no_text_removal: Annotated[bool, typer.Option("--no-text-removal", help="Skip text and marker removal.")] = False,
     inpaint: Annotated[str, typer.Option(help="Inpainting: telea or ns.")] = "telea",
-    inpaint_radius: Annotated[Optional[int], typer.Option(help="Inpainting radius in pixels.")] = None,
+    inpaint_radius: Annotated[Optional[float], typer.Option(help="Inpainting radius in pixels.")] = None,
     denoise: Annotated[str, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = "adaptive-tv",
     tv_weight: Annotated[Optional[float], typer.Option(help="TV strength lambda.")] = None,
     tv_k: Annotated[Optional[float], typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = None,
@@ -297,6 +297,91 @@ def evaluate(
         return
     if as_json:
         typer.echo(json.dumps(_jsonable(results[0]), indent=2))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).")],
+    model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.")] = os.cpu_count() or 1,
+) -> None:
+    """Classify X-ray images with a trained run, preprocessing them exactly as in training."""
+    from cxrclf.inference import Predictor
+    from cxrclf.predict import collect_inputs, predict_files
+    from cxrclf.train.run import resolve_run
+
+    files = collect_inputs(inputs)
+    run = resolve_run(model)
+    predictor = Predictor(run, device)
+    results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers))
+    if csv_file:
+        import csv
+        import io
+
+        from cxrclf import atomic
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["file", "predicted", *(f"prob_{c}" for c in predictor.class_names), "error"])
+        for r in results:
+            probabilities = r.get("probabilities", {})
+            writer.writerow([r["file"], r.get("predicted", ""), *(probabilities.get(c, "") for c in predictor.class_names), r.get("error", "")])
+        atomic.write_text(csv_file, buffer.getvalue())
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        from rich.table import Table
+
+        from cxrclf.console import console, errors
+
+        table = Table(title=f"Predictions of {run}", title_justify="left")
+        table.add_column("file")
+        table.add_column("predicted")
+        for name in predictor.class_names:
+            table.add_column(name, justify="right")
+        for r in results:
+            if "error" in r:
+                errors.print(f"cxrclf: error: {r['file']}: {r['error']}", highlight=False)
+                continue
+            table.add_row(r["file"], r["predicted"], *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names))
+        console.print(table)
+        if csv_file:
+            console.print(f"wrote {csv_file}")
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="One image file (PNG, JPEG or DICOM).")],
+    model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    method: Annotated[str, typer.Option(help="lime (superpixels) or gradcam (class activation map).")] = "lime",
+    target: Annotated[Optional[str], typer.Option(help="Class to explain (default: the predicted class).")] = None,
+    num_samples: Annotated[int, typer.Option(help="LIME perturbation samples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of LIME's sampling.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output PNG (default <image>.<method>.png here).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print probabilities and the top regions as JSON.")] = False,
+) -> None:
+    """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM."""
+    from cxrclf.explain.explain import explain_image
+    from cxrclf.inference import Predictor
+    from cxrclf.train.run import resolve_run
+
+    run = resolve_run(model)
+    result = explain_image(Predictor(run, device), image, method=method, target=target, num_samples=num_samples, seed=seed, out=out)
+    result.pop("attribution")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from cxrclf.console import console
+
+    console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method}")
+    console.print(f"wrote {result['out']} (model {run})")
 
 
 @app.command()

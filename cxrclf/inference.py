@@ -28,6 +28,26 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
+    """One image file -> the model's input plane, or the reason it cannot be read.
+
+    ``task`` is (path, preprocessing parameters or None for an already preprocessed image,
+    input size); a module-level function so that it runs in worker processes.
+    """
+    from cxrclf.data import imageio
+    from cxrclf.errors import CxrclfError
+    from cxrclf.preprocess.pipeline import preprocess_image
+
+    path, params, size = task
+    try:
+        image = imageio.read_image(path)
+    except CxrclfError as exc:
+        return exc.reason
+    if params is not None:
+        image = preprocess_image(image, PreprocessParams(**params))
+    return to_model_plane(image, size)
+
+
 class Predictor:
     def __init__(self, run: Path, device: str = "auto"):
         from cxrclf.train.run import load_run

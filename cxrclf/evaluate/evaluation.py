@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from cxrclf import atomic
-from cxrclf.data import imageio
 from cxrclf.data.manifest import manifest_path, read_manifest, to_csv_bytes
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate import calibration, intervals, metrics, threshold as operating
 from cxrclf.labels import COVID19, SCHEMES
+from cxrclf.inference import plane_from_file
 from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams, read_params
 
@@ -50,21 +50,6 @@ class EvaluateOptions:
             raise CxrclfError(f"--sensitivity must be in (0, 1], not {self.sensitivity}")
 
 
-def _plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
-    """Worker: one image file -> the model's input plane (preprocessing it first if asked)."""
-    from cxrclf.preprocess.pipeline import preprocess_image
-    from cxrclf.train.data import to_model_plane
-
-    path, params, size = task
-    try:
-        image = imageio.read_image(path)
-    except CxrclfError as exc:
-        return exc.reason
-    if params is not None:
-        image = preprocess_image(image, PreprocessParams(**params))
-    return to_model_plane(image, size)
-
-
 def load_rows(data: Path, split: str, params: PreprocessParams, fold: int | None = None) -> tuple[pd.DataFrame, Path, bool]:
     """Rows of ``split`` from a fused or preprocessed folder; True when they still need preprocessing."""
     from cxrclf.train.data import select
@@ -88,7 +73,7 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     scheme = SCHEMES[len(predictor.class_names)]
     params = predictor.params.to_dict() if needs_preprocessing else None
     tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
-    planes = map_images(_plane_from_file, tasks, workers if needs_preprocessing else 1)
+    planes = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
     failed = [(rows["path"].iloc[i], p) for i, p in enumerate(planes) if isinstance(p, str)]
     if failed:
         raise CxrclfError(f"cannot read {len(failed)} image(s), first: {failed[0][1]}", root / failed[0][0])

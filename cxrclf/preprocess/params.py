@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from cxrclf.errors import CxrclfError
+from cxrclf.preprocess.artifacts import INPAINT_RADIUS, TEXT_THRESHOLD
+from cxrclf.preprocess.tv import TV_ITERATIONS, TV_K, TV_SIGMA, TV_WEIGHT
 
 FITS = ("stretch", "pad")
 INPAINT_METHODS = ("telea", "ns")
@@ -24,14 +26,14 @@ class PreprocessParams:
     fit: str = "stretch"            # stretch (the paper) or pad (keep the aspect ratio)
     work_size: int = 1024           # text removal runs at most at this side: strokes stay strokes
     remove_text: bool = True
-    text_threshold: float = 0.75    # Eq. 4: fraction of the image's intensity range
+    text_threshold: float = TEXT_THRESHOLD  # Eq. 4: fraction of the image's intensity range
     inpaint: str = "telea"          # OpenCV inpainting: telea or ns (Navier-Stokes)
-    inpaint_radius: int = 3
+    inpaint_radius: float = INPAINT_RADIUS
     denoise: str = "adaptive-tv"    # Eq. 5 adaptive total variation, or none
-    tv_weight: float = 0.02         # lambda
-    tv_k: float = 200.0             # edge contrast parameter k
-    tv_sigma: float = 1.0           # Gaussian sigma of the edge detector
-    tv_iterations: int = 40
+    tv_weight: float = TV_WEIGHT    # lambda
+    tv_k: float = TV_K              # edge contrast parameter k
+    tv_sigma: float = TV_SIGMA      # Gaussian sigma of the edge detector
+    tv_iterations: int = TV_ITERATIONS
 
     def validate(self) -> "PreprocessParams":
         problems = []
@@ -47,10 +49,10 @@ class PreprocessParams:
             problems.append(f"--denoise must be one of {', '.join(DENOISERS)}, not {self.denoise!r}")
         if not 0.0 < self.text_threshold <= 1.0:
             problems.append(f"--text-threshold must be in (0, 1], not {self.text_threshold}")
-        if self.inpaint_radius < 1 or self.tv_iterations < 1 or self.work_size < self.size:
-            problems.append("--inpaint-radius and --tv-iterations must be at least 1, and the work size at least --size")
-        if self.tv_weight < 0 or self.tv_k < 0 or self.tv_sigma <= 0:
-            problems.append("--tv-weight and --tv-k must be >= 0 and --tv-sigma > 0")
+        if self.inpaint_radius <= 0 or self.tv_iterations < 1 or self.work_size < self.size:
+            problems.append("--inpaint-radius must be positive, --tv-iterations at least 1, and the work size at least --size")
+        if self.tv_weight < 0 or self.tv_k < 0 or self.tv_sigma < 0:
+            problems.append("--tv-weight, --tv-k and --tv-sigma must be >= 0")
         if problems:
             raise CxrclfError("; ".join(problems))
         return self

@@ -19,17 +19,7 @@ import numpy as np
 
 from cxrclf.preprocess.artifacts import remove_text
 from cxrclf.preprocess.params import PreprocessParams
-from cxrclf.preprocess.tv import denoise_tv
-
-
-def to_unit_float(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 3:
-        image = image[..., :3].mean(axis=2) if image.shape[2] >= 3 else image[..., 0]
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) * np.float32(1 / 255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) * np.float32(1 / 65535)
-    return np.clip(image.astype(np.float32), 0.0, 1.0)
+from cxrclf.preprocess.tv import as_unit_float32, denoise_tv
 
 
 def _shrink(image: np.ndarray, longest: int) -> np.ndarray:
@@ -60,7 +50,8 @@ def resize(image: np.ndarray, size: int, fit: str) -> np.ndarray:
 def preprocess_stages(image: np.ndarray, params: PreprocessParams) -> dict[str, np.ndarray]:
     """Every stage's output (for figures); ``["final"]`` is :func:`preprocess_image`'s result."""
     stages: dict[str, np.ndarray] = {}
-    unit = _shrink(to_unit_float(image), params.work_size)
+    plane = image[..., :3].mean(axis=2).astype(image.dtype) if image.ndim == 3 else image
+    unit = _shrink(as_unit_float32(plane), params.work_size)
     stages["input"] = unit
     cleaned = remove_text(unit, threshold=params.text_threshold, method=params.inpaint, radius=params.inpaint_radius) if params.remove_text else unit
     stages["text removed"] = cleaned

@@ -36,12 +36,19 @@ STRONG_CONVEXITY = 0.5
 _GRADIENT_NORM_SQUARED = 8.0  # bound on ||grad||^2 for forward differences in 2-D
 
 
+# Defaults, measured (see denoise_tv); PreprocessParams takes its defaults from here.
+TV_WEIGHT = 0.3
+TV_K = 100.0
+TV_SIGMA = 1.5
+TV_ITERATIONS = 8
+
+
 def denoise_tv(
     image: np.ndarray,
-    weight: float = 0.3,
-    k: float = 100.0,
-    sigma: float = 1.5,
-    iterations: int = 8,
+    weight: float = TV_WEIGHT,
+    k: float = TV_K,
+    sigma: float = TV_SIGMA,
+    iterations: int = TV_ITERATIONS,
     omega_every: int = 4,
 ) -> np.ndarray:
     """Adaptive-TV denoise ``image``; float32 in [0, 1] out, same shape.
@@ -54,23 +61,24 @@ def denoise_tv(
     ``iterations``: primal-dual iterations. ``omega_every``: iterations between updates of
     omega.
 
-    The defaults stop the solver early, on purpose, and were chosen by measurement
-    (``benchmarks/preprocess.py``; 8 synthetic phantoms at 331 x 331 with Poisson noise of
-    peak 400, seeds distinct from the benchmark's): a grid over weight, k, sigma,
-    iterations and step sizes, keeping the highest PSNR against the noiseless phantom that
-    still leaves edges sharper than plain TV of equal strength. After 8 iterations at
-    weight 0.3 the PSNR is 42.1 dB (noisy: 30.7 dB); the minimiser of Eq. 5 at its best
-    weight (about 0.1, 300 iterations) reaches only 40.6 dB, because TV flattens the
-    smooth ramps and thin ribs of the phantoms; the early iterate behaves like a short TV
-    flow instead. scikit-image's Chambolle at its default tolerance is in the same
-    early-stopped regime (42.0 dB at its best weight, 41.2 dB when run to convergence).
-    For the minimiser, pass ``iterations=300`` and a weight near 0.1. k = 100 and sigma
-    = 1.5 keep edges sharper than plain TV at the same residual ``||u - f||`` at a cost of
-    about 0.1 dB; larger k sharpens more and costs more PSNR on the phantoms, whose edges
-    are blurred. The defaults were tuned at 331 x 331: gradients per pixel, and hence k
-    and sigma, depend on the resolution.
+    The defaults stop the solver early, on purpose, and were chosen by measurement: a grid
+    over weight, k, sigma, iterations and step sizes on 8 synthetic phantoms at 331 x 331
+    with Poisson noise of peak 400 (seeds distinct from ``benchmarks/preprocess.py``),
+    keeping the highest PSNR against the noiseless phantom that still leaves edges sharper
+    than plain TV of equal strength (same residual ``||u - f||``). There, 8 iterations at
+    weight 0.3 give 42.1 dB (noisy input: 30.7 dB) in about 5 ms per image on one core;
+    the minimiser of Eq. 5 at its best weight (about 0.1, 300 iterations) gives only
+    40.6 dB, because TV flattens the smooth ramps and thin ribs of the phantoms, and the
+    early iterate behaves like a short TV flow instead. scikit-image's Chambolle at its
+    default tolerance is in the same early-stopped regime (42.0 dB at its best weight,
+    41.2 dB run to convergence). For the minimiser, pass ``iterations=300`` and a weight
+    near 0.1. k = 100 and sigma = 1.5 keep edges sharper than plain TV of equal strength at
+    a cost of about 0.1 dB; a larger k sharpens more and costs more PSNR on the phantoms,
+    whose edges are blurred. Noisier images need a larger weight (peak 100: best near
+    0.6, 38.1 dB against 34.0 dB with the default). The defaults were tuned at 331 x 331:
+    gradients per pixel, and hence k and sigma, depend on the resolution.
     """
-    f = _as_unit_float32(image)
+    f = as_unit_float32(image)
     if k < 0 or sigma < 0 or iterations < 1 or omega_every < 1:
         raise ValueError(
             f"expected k >= 0, sigma >= 0, iterations >= 1 and omega_every >= 1; "
@@ -128,7 +136,8 @@ def divergence(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     return out
 
 
-def _as_unit_float32(image: np.ndarray) -> np.ndarray:
+def as_unit_float32(image: np.ndarray) -> np.ndarray:
+    """Intensities as float32 in [0, 1]: uint8/uint16 scaled by the dtype's maximum, floats clipped."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {image.shape}")

@@ -1,0 +1,1 @@
+"""Explanations of a run's predictions: LIME superpixels and Grad-CAM heatmaps."""

@@ -1,0 +1,57 @@
+"""The explanation picture: the model's input and the overlay side by side, probabilities in the title."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxrclf import atomic
+
+
+def _figure(plane: np.ndarray, overlay_rgb: np.ndarray, title: str, subtitle: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 5.0))
+    left.imshow(plane, cmap="gray", vmin=0, vmax=255)
+    left.set_title("model input")
+    right.imshow(overlay_rgb)
+    right.set_title(subtitle)
+    for ax in (left, right):
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def lime_overlay(plane: np.ndarray, segments: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Green where a superpixel speaks for the class, red where against; boundaries in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    grey = np.repeat(plane[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    scale = float(np.abs(weights).max()) or 1.0
+    strength = np.clip(np.abs(weights) / scale, 0, 1)[..., None] * 0.6
+    colour = np.where(weights[..., None] > 0, np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
+    out = grey * (1 - strength) + colour * strength
+    out[find_boundaries(segments, mode="inner")] = [1.0, 1.0, 0.0]
+    return np.clip(out, 0, 1)
+
+
+def cam_overlay(plane: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    import matplotlib
+
+    grey = np.repeat(plane[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colours = matplotlib.colormaps["jet"](heatmap)[..., :3]
+    return np.clip(0.55 * grey + 0.45 * colours, 0, 1)
+
+
+def write(path: Path, plane: np.ndarray, overlay_rgb: np.ndarray, title: str, subtitle: str) -> Path:
+    atomic.write_bytes(Path(path), _figure(plane, overlay_rgb, title, subtitle))
+    return Path(path)
