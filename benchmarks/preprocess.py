@@ -1,6 +1,7 @@
 """Speed and quality of the preprocessing transforms.
 
-    python benchmarks/preprocess.py [--images 20] [--size 331] [--peaks 400 100] [--repeat 3] [--threads 1] [--json]
+    python benchmarks/preprocess.py [--images 20] [--size 331] [--peaks 400 100] [--repeat 3] [--threads 1]
+                                    [--data ../shared/data/cxr-mini] [--no-pipeline] [--json]
 
 Denoising section: on Poisson-noised synthetic phantoms (all findings, seeds 0..images-1,
 none of them used to choose the defaults), milliseconds per image and PSNR against the
@@ -26,6 +27,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -147,6 +149,37 @@ def render_denoise(result: dict) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-mini"
+
+
+def bench_pipeline(data: Path, workers: tuple[int, ...] = (1, 2), size: int = 331) -> dict:
+    """Images/s of the whole `cxrclf preprocess` (read, text removal, resize, TV, write) on the
+    fused shared set, fresh output each time, with 1 and 2 worker processes."""
+    import tempfile
+
+    from cxrclf.data.fuse import FuseOptions, fuse
+    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.preprocess.params import PreprocessParams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fused = Path(tmp) / "fused"
+        fuse(FuseOptions(cohen=data / "cohen", rsna=data / "rsna", nlm=data / "montgomery", shenzhen=data / "shenzhen", workers=2), fused)
+        rows = []
+        for count in workers:
+            out = Path(tmp) / f"prep-{count}"
+            start = time.perf_counter()
+            summary = preprocess_folder(fused, out, PreprocessParams(size=size), workers=count)
+            seconds = time.perf_counter() - start
+            rows.append({"workers": count, "images": summary["images"], "seconds": round(seconds, 2), "images_per_s": round(summary["images"] / seconds, 1)})
+    return {"data": str(data), "size": size, "rows": rows}
+
+
+def render_pipeline(result: dict) -> str:
+    lines = [f"whole pipeline on {result['data']} at {result['size']} px", f"{'workers':>8} {'images':>7} {'seconds':>8} {'images/s':>9}"]
+    lines += [f"{r['workers']:>8} {r['images']:>7} {r['seconds']:>8} {r['images_per_s']:>9}" for r in result["rows"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20)
@@ -155,13 +188,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads while timing")
     parser.add_argument("--no-minimiser", action="store_true", help="skip the slow 300-iteration rows")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared real set, for the pipeline section")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the whole-pipeline section")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sections = {"denoise": bench_denoise(args.images, args.size, tuple(args.peaks), args.repeat, args.threads, not args.no_minimiser)}
+    if not args.no_pipeline:
+        if not args.data.is_dir():
+            raise SystemExit(f"benchmarks/preprocess.py: {args.data}: data folder not found (pass --data or --no-pipeline)")
+        cv2.setNumThreads(0)
+        sections["pipeline"] = bench_pipeline(args.data, size=args.size)
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(), **sections}, indent=2))
         return
     print(render_denoise(sections["denoise"]))
+    if "pipeline" in sections:
+        print()
+        print(render_pipeline(sections["pipeline"]))
 
 
 if __name__ == "__main__":

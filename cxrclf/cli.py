@@ -386,20 +386,26 @@ def explain(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data and outputs.")] = Path("cxrclf-demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the phantoms and the split.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data, run and explanations.")] = Path("cxrclf-demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the phantoms, the split and training.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
 ) -> None:
-    """Run the whole pipeline on built-in synthetic phantoms (nothing is downloaded)."""
-    from cxrclf.console import console, count_table
+    """Run fuse, audit, preprocess, train, evaluate, predict and explain on built-in synthetic phantoms."""
+    from cxrclf.console import console, evaluation_table, train_display
     from cxrclf.demo import run_demo
 
     def announce(stage: str, detail: str) -> None:
-        console.print(f"[bold green]{stage:>8}[/bold green]  {detail}")
+        console.print(f"[bold green]{stage:>10}[/bold green]  {detail}")
 
-    result = run_demo(out, seed=seed, overwrite=overwrite, announce=announce)
-    console.print(count_table("Demo images per split and finding", result.stages["fuse"]["split_x_finding"], "split"))
-    console.print(f"demo finished: everything is in {out}/")
+    with train_display(epochs) as callbacks:
+        callbacks.pop("on_info", None)
+        result = run_demo(out, seed=seed, epochs=epochs, overwrite=overwrite, announce=announce, train_callbacks=callbacks)
+    evaluated = result.stages["evaluate"]
+    console.print(evaluation_table(evaluated))
+    console.print(f"report:       {evaluated['out']}/report.md (figures beside it)")
+    console.print(f"explanations: {', '.join(result.stages['explain'])}")
+    console.print(f"next: cxrclf predict IMAGE --model {result.stages['train']['run']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,8 @@ def explain_image(predictor, image_path: Path, method: str = "lime", target: str
         segments, weights = lime.explain_lime(predictor, plane, target_index, num_samples, seed)
         attribution = lime.weight_map(segments, weights)
         regions = lime.top_regions(segments, weights)
-        picture = overlay.lime_overlay(plane, segments, attribution)
-        subtitle = f"LIME for {target}: green for, red against"
+        picture = overlay.lime_overlay(plane, segments, weights)
+        subtitle = f"LIME, {target}: green for, red against (top 5)"
     else:
         attribution = cam.grad_cam(predictor, plane, target_index)
         regions = cam.top_regions(attribution)

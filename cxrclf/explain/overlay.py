@@ -31,16 +31,24 @@ def _figure(plane: np.ndarray, overlay_rgb: np.ndarray, title: str, subtitle: st
     return buffer.getvalue()
 
 
-def lime_overlay(plane: np.ndarray, segments: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Green where a superpixel speaks for the class, red where against; boundaries in yellow."""
+def lime_overlay(plane: np.ndarray, segments: np.ndarray, weights: dict[int, float], count: int = 5) -> np.ndarray:
+    """The ``count`` superpixels most for the class in green and most against it in red (as in the
+    paper's Fig. 7), shaded by weight and outlined; the rest of the image is left grey."""
     from skimage.segmentation import find_boundaries
 
     grey = np.repeat(plane[..., None].astype(np.float32) / 255.0, 3, axis=2)
-    scale = float(np.abs(weights).max()) or 1.0
-    strength = np.clip(np.abs(weights) / scale, 0, 1)[..., None] * 0.6
-    colour = np.where(weights[..., None] > 0, np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
-    out = grey * (1 - strength) + colour * strength
-    out[find_boundaries(segments, mode="inner")] = [1.0, 1.0, 0.0]
+    ranked = sorted(weights.items(), key=lambda kv: kv[1])
+    chosen = [kv for kv in ranked[-count:] if kv[1] > 0] + [kv for kv in ranked[:count] if kv[1] < 0]
+    scale = max((abs(w) for _, w in chosen), default=1.0) or 1.0
+    out = grey.copy()
+    shown = np.zeros(segments.shape, bool)
+    for segment, weight in chosen:
+        member = segments == segment
+        colour = np.array([0.0, 1.0, 0.0]) if weight > 0 else np.array([1.0, 0.0, 0.0])
+        strength = 0.25 + 0.4 * abs(weight) / scale
+        out[member] = grey[member] * (1 - strength) + colour * strength
+        shown |= member
+    out[find_boundaries(np.where(shown, segments, -1), mode="inner") & shown] = [1.0, 1.0, 0.0]
     return np.clip(out, 0, 1)
 
 

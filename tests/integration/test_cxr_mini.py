@@ -66,3 +66,29 @@ def test_real_dicoms_decode(shared_data):
     # after inversion the mediastinum (centre) is brighter than the lungs beside it
     h, w = image.shape
     assert image[h // 3: h // 2, w // 2 - 40: w // 2 + 40].mean() > image[h // 3: h // 2, w // 5: w // 5 + 80].mean()
+
+
+def test_preprocess_the_real_set(fused, tmp_path_factory):
+    import cv2
+
+    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.preprocess.params import PreprocessParams
+
+    out, _ = fused
+    prep = tmp_path_factory.mktemp("real-prep") / "prep"
+    summary = preprocess_folder(out, prep, PreprocessParams(), workers=2, figures=2)
+    assert summary["images"] == 315 and summary["skipped"] == 0
+    manifest = read_manifest(prep)
+    assert (manifest["image_id"] == read_manifest(out)["image_id"]).all()
+    for path in manifest["path"].iloc[::40]:
+        image = cv2.imread(str(prep / path), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (331, 331, 3) and image.dtype.name == "uint8" and image.std() > 10
+    assert len(list((prep / "figures").glob("*.png"))) == 2
+
+
+def test_preprocess_real_sixteen_bit_dicom(shared_data):
+    from cxrclf.data.imageio import read_image
+    from cxrclf.preprocess import PreprocessParams, preprocess_image
+
+    result = preprocess_image(read_image(shared_data / "extra-dicom" / "RG1_J2KI.dcm"), PreprocessParams())
+    assert result.shape == (331, 331, 3) and 40 < result.mean() < 230

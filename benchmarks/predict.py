@@ -1,0 +1,103 @@
+"""`cxrclf predict` speed: batched inference against a bare timm forward, end to end, cold start.
+
+    python benchmarks/predict.py [--model tf_efficientnet_lite0] [--batch-size 32] [--images 64] [--json]
+
+1. model only: :meth:`Predictor.probabilities` on uint8 planes held in memory against a
+   bare ``model(x)`` on a pre-normalised float batch of the same model and batch size;
+2. end to end: ``predict_files`` on PNG phantoms (decode, preprocess as in training, batch);
+3. cold start: the wall time of one ``cxrclf predict IMAGE --json`` process.
+The run is built from an untrained model (weights do not change the speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import make_run  # noqa: E402
+
+from cxrclf.data import synthetic  # noqa: E402
+from cxrclf.inference import Predictor  # noqa: E402
+from cxrclf.predict import predict_files  # noqa: E402
+
+
+def _best(function, repeat: int = 3) -> float:
+    function()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench(model: str, batch_size: int, images: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(Path(tmp) / "run", model)
+        predictor = Predictor(run, "cpu")
+        size = predictor.input_size
+        rng = np.random.default_rng(0)
+        planes = rng.integers(0, 256, size=(images, size, size), dtype=np.uint8)
+        x = predictor.tensor(planes[:batch_size]).clone()
+        model_module = predictor.model
+
+        def bare() -> None:
+            with torch.inference_mode():
+                for _ in range(0, images, batch_size):
+                    model_module(x)
+
+        def ours() -> None:
+            predictor.probabilities(planes, batch_size)
+
+        bare_s, ours_s = _best(bare), _best(ours)
+        files = []
+        for index in range(images):
+            path = Path(tmp) / "in" / f"{index}.png"
+            synthetic._png(path, synthetic.to_uint8(synthetic.phantom(synthetic.FINDINGS[index % 4], rng, 512).image))
+            files.append(path)
+        end_to_end = {w: _best(lambda w=w: predict_files(predictor, files, batch_size, workers=w), repeat=1) for w in (1, 2)}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "cxrclf", "predict", str(files[0]), "--model", str(run), "--json", "--workers", "1"], capture_output=True, text=True)
+        cold = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(done.stderr)
+    return {
+        "model": model, "input_size": size, "batch_size": batch_size, "images": images,
+        "bare_forward_images_per_s": round(images / bare_s, 1), "predictor_images_per_s": round(images / ours_s, 1),
+        "overhead_percent": round(100 * (ours_s - bare_s) / bare_s, 1),
+        "end_to_end_images_per_s": {str(w): round(images / s, 1) for w, s in end_to_end.items()},
+        "cold_start_s": round(cold, 2), "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = bench(args.model, args.batch_size, args.images)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['model']} at {result['input_size']} px, batch {result['batch_size']}, {result['images']} images ({result['machine']}, {result['threads']} threads)")
+    print(f"bare timm forward            : {result['bare_forward_images_per_s']:>7} img/s")
+    print(f"cxrclf Predictor (in memory) : {result['predictor_images_per_s']:>7} img/s  ({result['overhead_percent']:+}%)")
+    for workers, rate in result["end_to_end_images_per_s"].items():
+        print(f"end to end from PNG, {workers} worker(s): {rate:>7} img/s (decode + preprocess 512 px + forward)")
+    print(f"cold start of one `cxrclf predict`: {result['cold_start_s']} s")
+
+
+if __name__ == "__main__":
+    main()
