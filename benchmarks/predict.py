@@ -1,6 +1,6 @@
 """`cxrclf predict` speed: batched inference against a bare timm forward, end to end, cold start.
 
-    python benchmarks/predict.py [--model tf_efficientnet_lite0] [--batch-size 32] [--images 64] [--json]
+    python benchmarks/predict.py [--model tf_efficientnet_lite0] [--batch-size 16] [--images 64] [--json]
 
 1. model only: :meth:`Predictor.probabilities` on uint8 planes held in memory against a
    bare ``model(x)`` on a pre-normalised float batch of the same model and batch size;
@@ -31,7 +31,7 @@ from cxrclf.inference import Predictor  # noqa: E402
 from cxrclf.predict import predict_files  # noqa: E402
 
 
-def _best(function, repeat: int = 3) -> float:
+def _best(function, repeat: int = 5) -> float:
     function()
     times = []
     for _ in range(repeat):
@@ -83,7 +83,7 @@ def bench(model: str, batch_size: int, images: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tf_efficientnet_lite0")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -35,7 +35,7 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def predict_files(predictor, files: list[Path], batch_size: int = 32, workers: int = os.cpu_count() or 1) -> list[dict]:
+def predict_files(predictor, files: list[Path], batch_size: int = 16, workers: int = os.cpu_count() or 1) -> list[dict]:
     """One result per file: ``{"file", "predicted", "probabilities"}`` or ``{"file", "error"}``."""
     tasks = [(str(f), predictor.params.to_dict(), predictor.input_size) for f in files]
     planes = map_images(plane_from_file, tasks, workers)

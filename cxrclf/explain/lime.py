@@ -16,7 +16,14 @@ import io
 
 import numpy as np
 
-DEFAULT_BATCH = 100
+# Images per forward pass. On the CPU, 16 was fastest for tf_efficientnet_lite0 at 224 px
+# (54 img/s against 48 at 8 and 47 at 32: bigger batches spill the cache); a GPU wants more.
+CPU_BATCH = 16
+GPU_BATCH = 128
+
+
+def default_batch(predictor) -> int:
+    return GPU_BATCH if predictor.device.type == "cuda" else CPU_BATCH
 
 
 def segments_for(plane: np.ndarray, count: int = 60) -> np.ndarray:
@@ -25,9 +32,11 @@ def segments_for(plane: np.ndarray, count: int = 60) -> np.ndarray:
     return slic(plane.astype(np.float32) / 255.0, n_segments=count, compactness=0.08, channel_axis=None, start_label=0, enforce_connectivity=True)
 
 
-def explain_lime(predictor, plane: np.ndarray, target: int, num_samples: int = 1000, seed: int = 0, batch_size: int = DEFAULT_BATCH, segments: int = 60):
+def explain_lime(predictor, plane: np.ndarray, target: int, num_samples: int = 1000, seed: int = 0, batch_size: int | None = None, segments: int = 60):
     """(superpixel map, weight per superpixel) for class ``target``."""
     from lime import lime_image
+
+    batch_size = batch_size or default_batch(predictor)
 
     def classify(images: np.ndarray) -> np.ndarray:
         return predictor.probabilities(images[..., 0], batch_size)

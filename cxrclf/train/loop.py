@@ -78,6 +78,8 @@ class TrainOptions:
         if self.resume and self.overwrite:
             raise CxrclfError("--resume and --overwrite contradict each other; choose one")
         scheme = SCHEMES[self.classes]
+        if self.class_constants and self.strategy != "weighted":
+            raise CxrclfError("--class-constant sets Eq. 1's constants, which only the weighted strategy uses")
         for name in self.class_constants:
             if name not in scheme.classes:
                 raise CxrclfError(f"--class-constant names {name!r}, which is not a class of the {scheme.name} scheme ({', '.join(scheme.classes)})")
@@ -212,20 +214,21 @@ def _metrics_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, writer: bool) -> bool:
-    """True when resuming from a checkpoint in ``out``."""
-    has_files = out.exists() and any(out.iterdir())
+def _check_out(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse what the options do not allow, before anything is written; True when resuming."""
     if resume:
         if not (out / runfolder.CHECKPOINT).is_file():
             raise CxrclfError("nothing to resume: no checkpoint.pt in the run folder", out)
         return True
-    if has_files and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise CxrclfError("run folder exists (pass --resume to continue it or --overwrite to replace it)", out)
-    if writer:
-        if has_files:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
     return False
+
+
+def _make_out(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
 
 
 def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None] | None = None, on_epoch: Callable[[dict], None] | None = None, on_info: Callable[[str], None] | None = None) -> dict:
@@ -246,7 +249,8 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
     if options.fold is not None and not 0 <= options.fold <= int(frame["fold"].max()):
         raise CxrclfError(f"--fold {options.fold} does not exist; the manifest has folds 0..{int(frame['fold'].max())}", root)
     out = Path(options.out or options.default_out())
-    resuming = _prepare_out(out, options.resume, options.overwrite, dist_info.writer)
+    # rank 0 alone judges the folder: other ranks would race with its writing
+    resuming = _check_out(out, options.resume, options.overwrite) if dist_info.writer else options.resume
 
     torch.manual_seed(options.seed)
     np.random.seed(options.seed % (2**32))
@@ -302,7 +306,7 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
     if resuming:
         checkpoint = torch.load(out / runfolder.CHECKPOINT, map_location=device, weights_only=True)
         previous = runfolder.read_config(out)
-        volatile = ("device", "threads", "tensorboard")
+        volatile = ("device", "threads", "tensorboard", "epochs", "patience")  # a resumed run may be given more epochs
         same = {k: v for k, v in previous.get("train", {}).items() if k not in volatile} == {k: v for k, v in config["train"].items() if k not in volatile}
         if not same or previous["model"] != config["model"]:
             raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", out)
@@ -312,6 +316,8 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         state = json.loads(checkpoint["state"])
         info(f"resuming {out} after epoch {state['epoch']}")
     if dist_info.writer:
+        if not resuming:
+            _make_out(out)  # only now: a run that fails while starting leaves no folder behind
         atomic.write_text(out / runfolder.CONFIG, json.dumps(config | {"status": "training"}, indent=2) + "\n")
     log = (lambda line: open(out / runfolder.LOG, "a").write(line + "\n")) if dist_info.writer else (lambda line: None)
     log(f"{'resumed' if resuming else 'started'} {options.model} {config['scenario']} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
