@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrclf.data import imageio, split
-from cxrclf.data.manifest import manifest_path
+from cxrclf.data.manifest import manifest_path, read_manifest
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import FINDINGS
 
@@ -32,20 +32,12 @@ def _hash_images(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def load(path: Path) -> pd.DataFrame:
-    file = manifest_path(path)
-    if not file.is_file():
-        raise CxrclfError("manifest not found", file)
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CxrclfError(f"not a readable CSV ({exc.__class__.__name__})", file) from exc
-    for column in ("split", "patient_id"):
-        if column not in frame.columns:
-            raise CxrclfError(f"missing column {column!r} (an audit needs split and patient_id)", file)
+    """Any manifest with ``split`` and ``patient_id``; hashes computed from ``path`` when absent."""
+    frame = read_manifest(path, required=("split", "patient_id"), strict=False)
     if "sha256" not in frame.columns or "phash" not in frame.columns:
         if "path" not in frame.columns:
-            raise CxrclfError("needs sha256 and phash columns, or a path column to compute them from", file)
-        frame = _hash_images(frame, file.parent)
+            raise CxrclfError("needs sha256 and phash columns, or a path column to compute them from", manifest_path(path))
+        frame = _hash_images(frame, manifest_path(path).parent)
     return frame
 
 

@@ -45,8 +45,12 @@ def manifest_path(folder_or_file: Path) -> Path:
     return path / MANIFEST_NAME if path.is_dir() else path
 
 
-def read_manifest(folder_or_file: Path, required: tuple[str, ...] = FUSED_COLUMNS) -> pd.DataFrame:
-    """Read and validate a manifest; errors name the file and what is wrong."""
+def read_manifest(folder_or_file: Path, required: tuple[str, ...] = FUSED_COLUMNS, strict: bool = True) -> pd.DataFrame:
+    """Read and validate a manifest; errors name the file and what is wrong.
+
+    ``strict=False`` checks only that the CSV parses and has the ``required`` columns (for
+    manifests written by other tools, whose values need not follow cxrclf's vocabulary).
+    """
     path = manifest_path(folder_or_file)
     if not path.is_file():
         raise CxrclfError("no manifest here (expected a folder written by `cxrclf fuse` or a manifest.csv)", path)
@@ -57,6 +61,8 @@ def read_manifest(folder_or_file: Path, required: tuple[str, ...] = FUSED_COLUMN
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CxrclfError(f"missing column(s) {', '.join(missing)}", path)
+    if not strict:
+        return frame
     for column in INT_COLUMNS:
         if column in frame.columns:
             try:

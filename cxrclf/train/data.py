@@ -8,6 +8,7 @@ to the network input, shared by training, evaluation, predict and explain.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,22 @@ def read_preprocessed(folder: Path) -> tuple[pd.DataFrame, Path]:
     return frame, manifest_path(folder).parent
 
 
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def load_images(frame: pd.DataFrame, root: Path, scheme: LabelScheme, input_size: int) -> ImageSet:
-    """Decode every row's preprocessed PNG once, at the model's input size."""
+    """Decode every row's preprocessed PNG once, at the model's input size, into memory."""
     import cv2
 
+    needed = len(frame) * input_size * input_size
+    available = _available_memory()
+    if available is not None and needed > available // 2:
+        raise CxrclfError(f"{len(frame)} images at {input_size} px need {needed / 2**30:.1f} GiB in memory, more than half of the "
+                          f"{available / 2**30:.1f} GiB available; use a smaller --image-size or a machine with more memory", root)
     planes = np.empty((len(frame), input_size, input_size), dtype=np.uint8)
     for index, relative in enumerate(frame["path"]):
         image = cv2.imread(str(root / relative), cv2.IMREAD_GRAYSCALE)

@@ -75,6 +75,11 @@ class TrainOptions:
             raise CxrclfError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise CxrclfError("--device cuda asked for, but no CUDA device is available")
+        if self.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise CxrclfError("--tensorboard needs the tensorboard package: pip install 'cxrclf[tensorboard]'")
         if self.resume and self.overwrite:
             raise CxrclfError("--resume and --overwrite contradict each other; choose one")
         scheme = SCHEMES[self.classes]
@@ -406,10 +411,8 @@ def _save_checkpoint(out: Path, trainer: Trainer, state: dict) -> None:
 
 
 def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise CxrclfError("--tensorboard needs the tensorboard package: pip install 'cxrclf[tensorboard]'") from exc
+    from torch.utils.tensorboard import SummaryWriter  # presence checked in TrainOptions.validate
+
     return SummaryWriter(str(out / "tensorboard"))
 
 

@@ -144,4 +144,4 @@ def test_audit_finds_leakage(run_cli, synthetic_sources, tmp_path):
     leaky.drop(columns=["sha256", "phash"]).to_csv(tmp_path / "fused" / "nohash.csv", index=False)
     assert json.loads(run_cli("audit", tmp_path / "fused" / "nohash.csv", "--json").stdout)["identical_images_across_splits"] == found["identical_images_across_splits"]
     bad = run_cli("audit", tmp_path / "nothing.csv")
-    assert bad.exit_code == 2 and "manifest not found" in bad.stderr
+    assert bad.exit_code == 2 and "no manifest here" in bad.stderr

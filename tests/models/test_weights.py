@@ -16,16 +16,6 @@ TINY = "test_resnet"
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No hub traffic and no weights from the machine's caches."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("CXRCLF_WEIGHTS", raising=False)
-
-
 @pytest.fixture
 def tiny_state():
     torch.manual_seed(0)

@@ -20,16 +20,6 @@ TINY = "test_resnet"  # timm's 0.37 M-parameter ResNet: 5 blocks (stem, layer1..
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No hub traffic and no weights from the machine's caches."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("CXRCLF_WEIGHTS", raising=False)
-
-
 @pytest.fixture
 def tiny_weights(tmp_path):
     """A 'pretrained' test_resnet checkpoint, so that freezing applies."""

@@ -150,3 +150,14 @@ def test_torchrun_two_processes_write_one_run(preprocessed_synthetic, tmp_path):
     one, two = pd.read_csv(tmp_path / "runs" / "one" / "metrics.csv"), pd.read_csv(tmp_path / "runs" / "two" / "metrics.csv")
     assert len(one) == len(two) == 2
     assert json.loads((tmp_path / "runs" / "two" / "config.json").read_text())["status"] == "finished"
+
+
+def test_tensorboard_logs_or_says_what_to_install(run_cli, preprocessed_synthetic, tmp_path):
+    import importlib.util
+
+    result = _train(run_cli, preprocessed_synthetic, tmp_path / "tb", "--strategy", "weighted", "--classes", "2", "--epochs", "1", "--tensorboard")
+    if importlib.util.find_spec("tensorboard") is None:
+        assert result.exit_code == 2 and "pip install 'cxrclf[tensorboard]'" in result.stderr and not (tmp_path / "tb").exists()
+    else:
+        assert result.exit_code == 0, result.stderr
+        assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
