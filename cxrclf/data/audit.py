@@ -34,6 +34,10 @@ def _hash_images(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 def load(path: Path) -> pd.DataFrame:
     """Any manifest with ``split`` and ``patient_id``; hashes computed from ``path`` when absent."""
     frame = read_manifest(path, required=("split", "patient_id"), strict=False)
+    if "phash" in frame.columns and not frame["phash"].str.fullmatch(r"[0-9a-fA-F]{64}").all():
+        if "path" not in frame.columns:
+            raise CxrclfError("phash column holds values that are not 64 hex digits (cxrclf's 256-bit hash), and there is no path column to compute them from", manifest_path(path))
+        frame = frame.drop(columns=["phash"])
     if "sha256" not in frame.columns or "phash" not in frame.columns:
         if "path" not in frame.columns:
             raise CxrclfError("needs sha256 and phash columns, or a path column to compute them from", manifest_path(path))

@@ -67,7 +67,7 @@ def read_sources(options: FuseOptions) -> SourceRows:
         rows.extend(rsna.read(options.rsna, options.views, options.rsna_not_normal))
     for folder in (options.nlm, options.shenzhen):
         if folder:
-            rows.extend(nlm.read(folder))
+            rows.extend(nlm.read(folder, options.views))
     for csv_path in options.tables:
         rows.extend(table.read(csv_path, options.views))
     return rows
@@ -75,12 +75,16 @@ def read_sources(options: FuseOptions) -> SourceRows:
 
 def _image_ids(records: list[SourceRecord]) -> list[str]:
     """Stable, file-name-safe, unique ids: ``<source>-<file stem>``."""
-    ids, seen = [], Counter()
+    ids, used = [], set()
     for record in records:
         stem = Path(record.source_file).stem
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{record.source.replace('table:', '')}-{stem}").strip("._")
-        seen[base] += 1
-        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+        candidate, number = base, 1
+        while candidate in used:  # "a-2" may also be a real file's stem: keep counting
+            number += 1
+            candidate = f"{base}-{number}"
+        used.add(candidate)
+        ids.append(candidate)
     return ids
 
 
@@ -141,7 +145,9 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
 
         pairs = split.hamming_pairs([r["phash"] for r in kept], options.near_duplicate_bits)
         patients = [r["patient_id"] for r in kept]
-        groups = split.leakage_groups(patients, pairs)
+        # the same pixels under several patients: those patients are linked even though only one copy stays
+        shared = [tuple(sorted({c["patient_id"] for c in group["all_rows"]})) for group in duplicates]
+        groups = split.leakage_groups(patients, pairs, [p for p in shared if len(p) > 1])
         splits, folds = split.assign_splits(groups, [r["finding"] for r in kept], options.test_frac, options.val_frac, options.folds, options.seed)
         for row, group, split_name, fold in zip(kept, groups, splits, folds):
             row.update(group=group, split=split_name, fold=fold)
@@ -170,12 +176,12 @@ def _collapse_exact_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]
         if len(findings) > 1:
             for copy in copies:
                 dropped.append(Exclusion(copy["source"], copy["source_file"], "identical image, conflicting findings", ", ".join(findings)))
-            duplicates.append({"kept": None, "dropped": [c["image_id"] for c in copies], "dropped_rows": copies, "reason": "conflicting findings"})
+            duplicates.append({"kept": None, "dropped": [c["image_id"] for c in copies], "dropped_rows": copies, "all_rows": copies, "reason": "conflicting findings"})
             continue
         kept.append(copies[0])
         for copy in copies[1:]:
             dropped.append(Exclusion(copy["source"], copy["source_file"], "exact duplicate", f"same pixels as {copies[0]['source']}/{copies[0]['source_file']}"))
-        duplicates.append({"kept": copies[0]["image_id"], "dropped": [c["image_id"] for c in copies[1:]], "dropped_rows": copies[1:], "reason": "identical pixels"})
+        duplicates.append({"kept": copies[0]["image_id"], "dropped": [c["image_id"] for c in copies[1:]], "dropped_rows": copies[1:], "all_rows": copies, "reason": "identical pixels"})
     return kept, duplicates, dropped
 
 
@@ -205,7 +211,7 @@ def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusio
         "fold_x_finding": _count_table(frame[frame["fold"] >= 0], "fold"),
         "excluded": {"total": len(exclusions), "by_reason": dict(sorted(excluded_by_reason.items())), "by_source": dict(by_source_reason)},
         "excluded_rows": [asdict(e) for e in exclusions],
-        "exact_duplicates": [{k: v for k, v in d.items() if k != "dropped_rows"} for d in duplicates],
+        "exact_duplicates": [{k: v for k, v in d.items() if k not in ("dropped_rows", "all_rows")} for d in duplicates],
         "near_duplicates_across_patients": [sorted(ids) for _, ids in sorted(near.items())],
         "single_source_findings": single_source,
     }

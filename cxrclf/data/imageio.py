@@ -64,10 +64,9 @@ def _read_pillow(path: Path) -> np.ndarray:
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image)
-                if array.dtype != np.uint16:
-                    array = np.clip(array, 0, 65535).astype(np.uint16)
-                return _as_gray_16(array)
+                # 12-bit data in a 16-bit PNG would otherwise use 1/16 of the range: stretch as for DICOM
+                array = _as_gray_16(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
+                return _to_display_range(array, 16, invert=False)
             if mode in ("RGBA", "LA", "PA"):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))

@@ -55,8 +55,9 @@ def hamming_pairs(hashes: list[str], max_distance: int) -> list[tuple[int, int]]
     return pairs
 
 
-def leakage_groups(patient_ids: list[str], linked_pairs: list[tuple[int, int]]) -> list[str]:
-    """A group name per image: connected components of "same patient" and ``linked_pairs``.
+def leakage_groups(patient_ids: list[str], linked_pairs: list[tuple[int, int]], linked_patients: list[tuple[str, ...]] = ()) -> list[str]:
+    """A group name per image: connected components of "same patient", ``linked_pairs`` (image
+    indices) and ``linked_patients`` (patient ids known to share an image, e.g. a collapsed copy).
 
     Group names are ``g<number>``, numbered by the first image of each group, so they are
     stable for a given input order.
@@ -70,6 +71,10 @@ def leakage_groups(patient_ids: list[str], linked_pairs: list[tuple[int, int]]) 
             first_of_patient[patient] = index
     for i, j in linked_pairs:
         uf.union(i, j)
+    for patients in linked_patients:
+        present = [first_of_patient[p] for p in patients if p in first_of_patient]
+        for other in present[1:]:
+            uf.union(present[0], other)
     names: dict[int, str] = {}
     out = []
     for index in range(len(patient_ids)):

@@ -143,10 +143,18 @@ def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold
     return result
 
 
+def _same_data_as_training(folder: Path, config: dict) -> bool:
+    """True when ``folder``'s manifest is byte for byte the one the run was trained on."""
+    import hashlib
+
+    file = manifest_path(folder)
+    return file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() == config["data"].get("manifest_sha256")
+
+
 def _validation_threshold(predictor, config: dict, sensitivity: float | None, workers: int) -> dict | None:
-    """The operating point from the run's own validation split; None when that data is gone."""
+    """The operating point from the run's own validation split; None when that data is gone or changed."""
     folder = Path(config["data"]["folder"])
-    if not manifest_path(folder).is_file():
+    if not _same_data_as_training(folder, config):
         return None
     rows, root, needs = load_rows(folder, "val", predictor.params, config["data"].get("fold"))
     predictions = predict_rows(predictor, rows, root, needs, workers)
@@ -170,6 +178,9 @@ def evaluate(options: EvaluateOptions) -> dict:
     if not data.exists():
         raise CxrclfError("data folder not found (pass --data)", data)
     own_data = data.resolve() == own.resolve()
+    if own_data and not _same_data_as_training(own, config):
+        raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
+                          "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
     rows, root, needs = load_rows(data, options.split, predictor.params, config["data"].get("fold") if own_data else None)
     predictions = predict_rows(predictor, rows, root, needs, options.workers)
     threshold = _validation_threshold(predictor, config, options.sensitivity, options.workers)
@@ -178,8 +189,16 @@ def evaluate(options: EvaluateOptions) -> dict:
         "split": options.split, "external": not own_data,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
 
-    name = f"evaluation-{'own' if own_data else data.resolve().name}-{options.split}"
+    if own_data:
+        name = f"evaluation-own-{options.split}"
+    else:
+        import hashlib
+
+        tag = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:6]  # siteA/fused and siteB/fused differ
+        name = f"evaluation-{data.resolve().name}-{tag}-{options.split}"
     out = Path(options.out) if options.out else run / name
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").is_file())):
+        raise CxrclfError("output folder exists and is not an earlier evaluation; choose another --out", out)
     with atomic.staged_folder(out, overwrite=True) as stage:
         atomic.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
         atomic.write_text(stage / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")

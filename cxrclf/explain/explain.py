@@ -24,6 +24,9 @@ def explain_image(predictor, image_path: Path, method: str = "lime", target: str
     if num_samples < 10:
         raise CxrclfError("--num-samples must be at least 10")
     image_path = Path(image_path)
+    out = Path(out) if out else Path(f"{image_path.stem}.{method}.png")
+    if out.suffix.lower() != ".png":
+        raise CxrclfError("explanation output must be a .png file", out)
     plane = predictor.plane_from_decoded(read_image(image_path))
     probabilities = predictor.probabilities(plane[None])[0]
     predicted = predictor.class_names[int(probabilities.argmax())]
@@ -40,9 +43,6 @@ def explain_image(predictor, image_path: Path, method: str = "lime", target: str
         regions = cam.top_regions(attribution)
         picture = overlay.cam_overlay(plane, attribution)
         subtitle = f"Grad-CAM for {target}"
-    out = Path(out) if out else Path(f"{image_path.stem}.{method}.png")
-    if out.suffix.lower() != ".png":
-        raise CxrclfError("explanation output must be a .png file", out)
     title = f"{image_path.name}: predicted {predicted} | " + ", ".join(f"{n} {p:.3f}" for n, p in zip(predictor.class_names, probabilities))
     overlay.write(out, plane, picture, title, subtitle)
     return {

@@ -55,6 +55,8 @@ def _process_one(task: tuple[str, str, dict]) -> str | None:
 
 def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool) -> bool:
     """True when ``out`` holds an unfinished or finished run with the same parameters (resume)."""
+    if out.exists() and not out.is_dir():
+        raise CxrclfError("output exists and is not a folder", out)
     if not out.exists() or not any(out.iterdir()):
         return False
     if overwrite:

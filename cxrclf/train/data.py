@@ -61,6 +61,13 @@ def read_preprocessed(folder: Path) -> tuple[pd.DataFrame, Path]:
 
 
 def _available_memory() -> int | None:
+    """MemAvailable (free memory plus reclaimable cache) in bytes, where the system tells it."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -61,6 +61,7 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     tensorboard: bool = False
+    update_latest: bool = True      # False for the folds of --cv: a fold is not a deployable run
 
     def validate(self) -> None:
         if self.strategy not in imbalance.STRATEGIES:
@@ -272,6 +273,8 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
             raise CxrclfError(f"the {name} split is empty" + (f" for fold {options.fold}" if options.fold is not None else ""), root)
         splits[name] = load_images(rows, root, scheme, bundle.input_size)
     train_set, val_set = splits["train"], splits["val"]
+    if options.select_by == "auc" and len(np.unique(val_set.labels)) < 2:
+        raise CxrclfError("--select-by auc needs at least two classes in the validation split (its AUC is undefined); use --select-by loss", root)
     counts = imbalance.class_counts(train_set.labels, scheme.num_classes)
     constants = {scheme.classes.index(k): v for k, v in options.class_constants.items()}
     weights = imbalance.class_weights(train_set.labels, scheme.num_classes, constants) if options.strategy == "weighted" else None
@@ -301,7 +304,7 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         "pretrained_source": bundle.pretrained_source,
         "preprocess": params.to_dict(),
         "data": {"folder": str(Path(options.data).resolve()), "manifest_sha256": _sha256(root / "manifest.csv"), "fold": options.fold},
-        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k not in ("resume", "overwrite", "out")},
+        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k not in ("resume", "overwrite", "out", "update_latest")},
         "train_class_counts": {c: int(n) for c, n in zip(scheme.classes, counts)},
         "class_weights": None if weights is None else {c: float(w) for c, w in zip(scheme.classes, weights)},
         "versions": _versions(),
@@ -309,8 +312,11 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
 
     state = {"epoch": 0, "best_score": math.inf, "best_loss": math.inf, "best_epoch": -1, "wait": 0, "history": []}
     if resuming:
-        checkpoint = torch.load(out / runfolder.CHECKPOINT, map_location=device, weights_only=True)
+        # on the CPU first: the RNG states must stay CPU tensors; load_state_dict moves the rest
+        checkpoint = torch.load(out / runfolder.CHECKPOINT, map_location="cpu", weights_only=True)
         previous = runfolder.read_config(out)
+        if previous.get("data", {}).get("manifest_sha256") != config["data"]["manifest_sha256"] or previous.get("preprocess") != config["preprocess"]:
+            raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite", root)
         volatile = ("device", "threads", "tensorboard", "epochs", "patience")  # a resumed run may be given more epochs
         same = {k: v for k, v in previous.get("train", {}).items() if k not in volatile} == {k: v for k, v in config["train"].items() if k not in volatile}
         if not same or previous["model"] != config["model"]:
@@ -318,6 +324,8 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         trainer.module.load_state_dict(checkpoint["model"])
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         state = json.loads(checkpoint["state"])
         info(f"resuming {out} after epoch {state['epoch']}")
     if dist_info.writer:
@@ -393,7 +401,9 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         log(f"finished: best epoch {state['best_epoch']} of {state['epoch']}")
         if board:
             board.close()
-        if options.fold is None or not options.out:
+        if state["best_epoch"] < 1:
+            raise CxrclfError("no epoch gave a finite validation score, so no weights were kept; check the validation split", out)
+        if options.update_latest:
             runfolder.update_latest(out)
     if dist_info.world > 1:
         import torch.distributed as dist
@@ -406,7 +416,10 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
 
 def _save_checkpoint(out: Path, trainer: Trainer, state: dict) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": trainer.module.state_dict(), "optimizer": trainer.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}, buffer)
+    document = {"model": trainer.module.state_dict(), "optimizer": trainer.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}
+    if trainer.device.type == "cuda":
+        document["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)  # dropout draws from it on a GPU
+    torch.save(document, buffer)
     atomic.write_bytes(out / runfolder.CHECKPOINT, buffer.getvalue())
 
 
@@ -426,7 +439,8 @@ def cross_validate(options: TrainOptions, folds: int | None = None, **callbacks)
     results = []
     for fold in range(count):
         fold_out = base / f"fold-{fold}"
-        fold_options = TrainOptions(**{**asdict(options), "fold": fold, "out": fold_out, "resume": options.resume and (fold_out / runfolder.CHECKPOINT).is_file()})
+        fold_options = TrainOptions(**{**asdict(options), "fold": fold, "out": fold_out, "update_latest": False,
+                                       "resume": options.resume and (fold_out / runfolder.CHECKPOINT).is_file()})
         results.append(train(fold_options, **callbacks))
     keys = ["val_loss", "val_accuracy", "val_auc"]
     table = {k: [float(r["best"][k]) for r in results if r["best"] and r["best"][k] != ""] for k in keys}

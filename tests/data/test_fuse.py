@@ -145,3 +145,49 @@ def test_audit_finds_leakage(run_cli, synthetic_sources, tmp_path):
     assert json.loads(run_cli("audit", tmp_path / "fused" / "nohash.csv", "--json").stdout)["identical_images_across_splits"] == found["identical_images_across_splits"]
     bad = run_cli("audit", tmp_path / "nothing.csv")
     assert bad.exit_code == 2 and "no manifest here" in bad.stderr
+
+
+def test_image_ids_never_collide():
+    from pathlib import Path
+
+    from cxrclf.data.sources import SourceRecord
+
+    records = [SourceRecord("site", Path(f), f, "p", "normal") for f in ("a/001.png", "b/001.png", "c/001-2.png")]
+    ids = fuse_module._image_ids(records)
+    assert len(set(ids)) == 3 and ids[:2] == ["site-001", "site-001-2"]
+
+
+def test_collapsed_copy_keeps_its_patient_linked(run_cli, sources_copy, tmp_path):
+    """An image shared by two patients: after the copy is dropped, both patients stay in one split."""
+    cohen = sources_copy["cohen"]
+    metadata = pd.read_csv(cohen / "metadata.csv", dtype=str, keep_default_na=False)
+    first = metadata.iloc[0]
+    shutil.copy(cohen / "images" / first.filename, cohen / "images" / "shared.png")
+    from cxrclf.data import synthetic
+
+    synthetic._png(cohen / "images" / "own777.png", synthetic.to_uint8(synthetic.phantom("covid19", np.random.default_rng(42), 128).image))
+    extra = [first.to_dict() | {"patientid": "777", "filename": "shared.png"}, first.to_dict() | {"patientid": "777", "filename": "own777.png"}]
+    pd.concat([metadata, pd.DataFrame(extra)]).to_csv(cohen / "metadata.csv", index=False)
+    assert run_cli(*_fuse_args(sources_copy, tmp_path / "fused")).exit_code == 0
+    manifest = read_manifest(tmp_path / "fused")
+    kept = manifest[manifest.source_file == f"images/{first.filename}"].iloc[0]
+    patient_777 = manifest[manifest.patient_id == "cohen:777"]
+    assert list(patient_777.source_file) == ["images/own777.png"]  # its copy of the shared image collapsed
+    assert set(patient_777.group) == {kept.group} and set(patient_777.split) == {kept.split}
+
+
+def test_views_apply_to_nlm(run_cli, synthetic_sources, tmp_path):
+    result = run_cli("fuse", "--nlm", synthetic_sources["nlm"], "--rsna", synthetic_sources["rsna"], "--views", "AP", "--out", tmp_path / "f", "--json", "--workers", "1")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["source_x_finding"]) == {"rsna"} and report["excluded"]["by_source"]["montgomery"] == {"view not requested": 16}
+
+
+def test_audit_recomputes_foreign_hashes(run_cli, synthetic_sources, tmp_path):
+    run_cli(*_fuse_args(synthetic_sources, tmp_path / "fused"))
+    manifest = pd.read_csv(tmp_path / "fused" / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.assign(phash="abc").to_csv(tmp_path / "fused" / "short.csv", index=False)
+    assert run_cli("audit", tmp_path / "fused" / "short.csv", "--json").exit_code == 0
+    manifest.assign(phash="abc").drop(columns=["path"]).to_csv(tmp_path / "fused" / "nopath.csv", index=False)
+    bad = run_cli("audit", tmp_path / "fused" / "nopath.csv")
+    assert bad.exit_code == 2 and "64 hex digits" in bad.stderr

@@ -20,7 +20,12 @@ def test_png_8_and_16_bit(tmp_path, gradient):
     deep = gradient.astype(np.uint16) * 257
     (tmp_path / "b.png").write_bytes(imageio.encode_png(deep))
     out = imageio.read_image(tmp_path / "b.png")
-    assert out.dtype == np.uint16 and np.array_equal(out, deep)
+    assert out.dtype == np.uint16 and (out.min(), out.max()) == (0, 65535)
+    assert np.array_equal(np.argsort(out.ravel(), kind="stable"), np.argsort(deep.ravel(), kind="stable"))
+    twelve_bit = (gradient.astype(np.uint16) * 16)  # 12-bit data stored in a 16-bit PNG
+    (tmp_path / "c.png").write_bytes(imageio.encode_png(twelve_bit))
+    stretched = imageio.read_image(tmp_path / "c.png")
+    assert stretched.max() == 65535 and len(np.unique(stretched)) == len(np.unique(twelve_bit))
 
 
 def test_rgb_and_rgba_become_gray(tmp_path, gradient):

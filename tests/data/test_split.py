@@ -62,3 +62,8 @@ def test_hamming_pairs_matches_brute_force():
     expected = {(i, j) for i in range(300) for j in range(i + 1, 300) if (bits[i] != bits[j]).sum() <= 100}
     assert set(hamming_pairs(hashes, 100)) == expected
     assert (5, 17) in set(hamming_pairs(hashes, 3)) and len(hamming_pairs(hashes, 3)) == 1
+
+
+def test_linked_patients_share_a_group():
+    groups = leakage_groups(["rsna:a", "table:P7", "table:P7", "x"], [], [("rsna:a", "table:P7")])
+    assert groups[0] == groups[1] == groups[2] != groups[3]

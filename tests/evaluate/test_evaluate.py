@@ -91,3 +91,23 @@ def test_bad_inputs(run_cli, trained_run, preprocessed_synthetic, tmp_path):
     (other_params / "preprocess.json").write_text(json.dumps(document))
     result = run_cli("evaluate", trained_run, "--data", other_params)
     assert result.exit_code == 2 and "other parameters than the run (size)" in result.stderr
+
+
+def test_changed_training_data_and_foreign_out_folder_are_refused(run_cli, trained_run, preprocessed_synthetic, tmp_path):
+    config = json.loads((trained_run / "config.json").read_text())
+    moved = tmp_path / "run"
+    shutil.copytree(trained_run, moved, ignore=shutil.ignore_patterns("evaluation-*"))
+    changed = tmp_path / "prep"
+    shutil.copytree(preprocessed_synthetic, changed)
+    manifest = pd.read_csv(changed / "manifest.csv")
+    manifest["split"] = manifest["split"].replace({"test": "train", "train": "test"})  # as after a re-fuse with another seed
+    manifest.to_csv(changed / "manifest.csv", index=False)
+    config["data"]["folder"] = str(changed)
+    (moved / "config.json").write_text(json.dumps(config))
+    result = run_cli("evaluate", moved)
+    assert result.exit_code == 2 and "changed since training" in result.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    refused = run_cli("evaluate", trained_run, "--out", mine, "--bootstrap", "0")
+    assert refused.exit_code == 2 and "not an earlier evaluation" in refused.stderr and (mine / "notes.txt").exists()

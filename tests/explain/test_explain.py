@@ -91,3 +91,6 @@ def test_gradcam_fast_and_bad_target(run_cli, region_run, tmp_path):
     assert bad.exit_code == 2 and "not a class of this run" in bad.stderr
     missing = run_cli("explain", tmp_path / "nope.png", "--model", region_run / "run")
     assert missing.exit_code == 2 and "file not found" in missing.stderr
+    start = time.perf_counter()
+    wrong = run_cli("explain", tmp_path / "x.png", "--model", region_run / "run", "--out", tmp_path / "x.jpg", "--num-samples", "5000")
+    assert wrong.exit_code == 2 and "must be a .png" in wrong.stderr and time.perf_counter() - start < 30  # refused before sampling

@@ -73,12 +73,15 @@ def test_unreadable_fused_image_is_skipped_with_reason(run_cli, fused, tmp_path)
     assert len(pd.read_csv(tmp_path / "prep" / "manifest.csv")) == 47
 
 
-def test_preview_of_one_image_and_bad_input(run_cli, synthetic_sources, tmp_path):
+def test_preview_of_one_image_and_bad_input(run_cli, synthetic_sources, fused, tmp_path):
     dicom = sorted((synthetic_sources["rsna"] / "stage_2_train_images").glob("*.dcm"))[0]
     result = run_cli("preprocess", dicom, "--out", tmp_path / "one.png", "--channels", "1", "--size", "100", "--fit", "pad")
     assert result.exit_code == 0, result.stderr
     assert cv2.imread(str(tmp_path / "one.png"), cv2.IMREAD_UNCHANGED).shape == (100, 100)
     assert run_cli("preprocess", dicom).exit_code == 2  # a preview needs --out
+    (tmp_path / "a-file").write_text("x")
+    not_folder = run_cli("preprocess", fused, "--out", tmp_path / "a-file")
+    assert not_folder.exit_code == 2 and "exists and is not a folder" in not_folder.stderr
     bad = run_cli("preprocess", tmp_path / "missing-folder")
     assert bad.exit_code == 2 and "run `cxrclf fuse` first" in bad.stderr
     wrong = run_cli("preprocess", dicom, "--out", tmp_path / "x.png", "--channels", "2")

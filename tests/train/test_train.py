@@ -161,3 +161,15 @@ def test_tensorboard_logs_or_says_what_to_install(run_cli, preprocessed_syntheti
     else:
         assert result.exit_code == 0, result.stderr
         assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_select_by_auc_needs_two_validation_classes(run_cli, preprocessed_synthetic, tmp_path):
+    import shutil
+
+    data = tmp_path / "prep"
+    shutil.copytree(preprocessed_synthetic, data)
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest.loc[(manifest.split == "val") & (manifest.finding == "covid19"), "split"] = "train"
+    manifest.to_csv(data / "manifest.csv", index=False)
+    result = _train(run_cli, data, tmp_path / "r", "--strategy", "weighted", "--classes", "2", "--epochs", "1", "--select-by", "auc")
+    assert result.exit_code == 2 and "at least two classes" in result.stderr and not (tmp_path / "r").exists()

@@ -48,12 +48,13 @@ def _metadata_tables(root: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
-def read(folder: Path) -> SourceRows:
+def read(folder: Path, views: tuple[str, ...] = ("PA",)) -> SourceRows:
     folder = require_folder(folder, "NLM")
     images = sorted(p for p in folder.rglob("*.png") if PATTERN.match(p.name))
     if not images:
         raise CxrclfError("no MCUCXR_dddd_L.png or CHNCXR_dddd_L.png images found (expected an NLM set folder or its parent)", folder)
     tables = _metadata_tables(folder)
+    keep_view = VIEW in {v.strip().upper() for v in views}
     out = SourceRows()
     for path in images:
         match = PATTERN.match(path.name)
@@ -62,6 +63,9 @@ def read(folder: Path) -> SourceRows:
         source_file = path.relative_to(folder).as_posix()
         if digit not in "01":
             out.exclusions.append(Exclusion(source, source_file, "unrecognised finding", f"label digit {digit}"))
+            continue
+        if not keep_view:
+            out.exclusions.append(Exclusion(source, source_file, "view not requested", f"view {VIEW}"))
             continue
         sex, age = tables.get(path.name.lower(), ("", ""))
         if not sex and not age:
