@@ -47,6 +47,8 @@ def run_demo(out: Path, seed: int = 0, per_class: int = 40, epochs: int = 15, ov
     report = fuse(FuseOptions(cohen=sources["cohen"], rsna=sources["rsna"], nlm=sources["nlm"], seed=seed, workers=workers), fused)
     result.stages["fuse"] = report
     announce("fuse", f"{report['images']} images of {report['patients']} patients, split by patient -> {fused}")
+    for finding, source in report["single_source_findings"].items():
+        announce("warning", f"every {finding} image comes from {source}: a model can learn the source instead of the finding")
     found = audit.audit(fused)
     result.stages["audit"] = found
     if found["leakage"]:
