@@ -6,7 +6,6 @@ hash columns or ``path`` to images, whose hashes are then computed).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd

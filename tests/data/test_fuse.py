@@ -6,7 +6,6 @@ import shutil
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 
 from cxrclf.data import fuse as fuse_module
 from cxrclf.data.manifest import FUSED_COLUMNS, read_manifest
