@@ -178,8 +178,6 @@ def pixel_sha256(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-HASH_BITS = 256
-
 
 def perceptual_hash(image: np.ndarray) -> str:
     """256-bit DCT perceptual hash as 64 hex digits; robust to resizing, re-encoding and gain.
