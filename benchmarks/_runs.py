@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from cxrclf import io
 from cxrclf.labels import SCHEMES
 from cxrclf.models.zoo import create_model
 from cxrclf.preprocess.params import PreprocessParams
+from cxrclf.runs import FINISHED, DataSpec, ModelSpec, RunConfig, RunFolder, TrainingSpec
 
 
 def make_run(folder: Path, model: str, image_size: int | None = None, classes: int = 3, params: PreprocessParams | None = None) -> Path:
     bundle = create_model(model, classes, pretrained=False, image_size=image_size)
+    run = RunFolder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in bundle.model.state_dict().items()}, str(folder / "model.safetensors"))
-    config = {
-        "model": model, "scenario": "RM3", "classes": classes, "class_names": list(SCHEMES[classes].classes),
-        "input_size": bundle.input_size, "in_chans": bundle.in_chans, "mean": list(bundle.mean), "std": list(bundle.std),
-        "dropout": 0.5, "preprocess": (params or PreprocessParams()).to_dict(), "data": {"folder": "", "fold": None},
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    io.mark(folder, "run")
+    run.save_weights(bundle.model.state_dict())
+    run.write_config(RunConfig(
+        model=ModelSpec(name=model, class_names=tuple(SCHEMES[classes].classes), input_size=bundle.input_size, in_chans=bundle.in_chans,
+                        mean=tuple(bundle.mean), std=tuple(bundle.std), dropout=0.5, pretrained_source=bundle.pretrained_source),
+        preprocess=params or PreprocessParams(), data=DataSpec(folder=""), training=TrainingSpec(), status=FINISHED,
+    ))
     return folder

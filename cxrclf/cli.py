@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrclf import folders
+from cxrclf.choices import Denoise, Device, ExplainMethod, Fit, Inpaint, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
 from cxrclf.errors import CxrclfError
 
 app = typer.Typer(
@@ -32,9 +33,14 @@ _state = {"debug": os.environ.get("CXRCLF_DEBUG", "") not in ("", "0")}
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of errors.")] = False,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Refuse images with more pixels than this (decompression bombs); default 80,000,000, or $CXRCLF_MAX_PIXELS.")] = None,
 ) -> None:
     if debug:
         _state["debug"] = True
+    if max_pixels is not None:
+        if max_pixels < 1:
+            raise CxrclfError(f"the pixel limit must be positive, not {max_pixels}")
+        os.environ["CXRCLF_MAX_PIXELS"] = str(max_pixels)  # worker processes inherit it
 
 
 def _views(values: list[str]) -> tuple[str, ...]:
@@ -50,7 +56,7 @@ def fuse(
     table: Annotated[Optional[list[Path]], typer.Option("--table", help="Your own images: a CSV of path,finding[,patient_id,view,sex,age]. Repeatable.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = folders.FUSED,
     views: Annotated[list[str], typer.Option("--views", help="Radiographic views to keep (repeatable or comma-separated).")] = ["PA"],
-    rsna_not_normal: Annotated[str, typer.Option(help="RSNA 'No Lung Opacity / Not Normal': exclude (default) or normal (the paper's choice).")] = "exclude",
+    rsna_not_normal: Annotated[RsnaNotNormal, typer.Option(help="RSNA 'No Lung Opacity / Not Normal': exclude, or normal (the paper's choice).")] = RsnaNotNormal.exclude,
     test_frac: Annotated[float, typer.Option(help="Fraction of images for the test split.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Fraction of images for the validation split.")] = 0.1,
     folds: Annotated[int, typer.Option(help="Cross-validation folds over train+val.")] = 4,
@@ -66,7 +72,7 @@ def fuse(
 
     options = FuseOptions(
         cohen=cohen, rsna=rsna, nlm=nlm, shenzhen=shenzhen, tables=tuple(table or ()), views=_views(views),
-        rsna_not_normal=rsna_not_normal, test_frac=test_frac, val_frac=val_frac, folds=folds, seed=seed,
+        rsna_not_normal=rsna_not_normal.value, test_frac=test_frac, val_frac=val_frac, folds=folds, seed=seed,
         near_duplicate_bits=near_duplicate_bits, workers=max(1, workers),
     )
     with progress_bar("decoding", quiet=as_json) as update:
@@ -123,12 +129,12 @@ def preprocess(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/preprocessed), or OUT.png for a one-image preview.")] = None,
     size: Annotated[int, typer.Option(help="Output side in pixels (the paper: 331).")] = 331,
     channels: Annotated[int, typer.Option(help="3 (grey replicated) or 1.")] = 3,
-    fit: Annotated[str, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = "stretch",
+    fit: Annotated[Fit, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = Fit.stretch,
     text_threshold: Annotated[Optional[float], typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = None,
     no_text_removal: Annotated[bool, typer.Option("--no-text-removal", help="Skip text and marker removal.")] = False,
-    inpaint: Annotated[str, typer.Option(help="Inpainting: telea or ns.")] = "telea",
+    inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = Inpaint.telea,
     inpaint_radius: Annotated[Optional[float], typer.Option(help="Inpainting radius in pixels.")] = None,
-    denoise: Annotated[str, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = "adaptive-tv",
+    denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = Denoise.adaptive_tv,
     tv_weight: Annotated[Optional[float], typer.Option(help="TV strength lambda.")] = None,
     tv_k: Annotated[Optional[float], typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = None,
     tv_sigma: Annotated[Optional[float], typer.Option(help="Gaussian sigma of the edge detector.")] = None,
@@ -145,8 +151,8 @@ def preprocess(
     from cxrclf.preprocess.params import PreprocessParams
 
     given = {
-        "size": size, "channels": channels, "fit": fit, "remove_text": not no_text_removal, "text_threshold": text_threshold,
-        "inpaint": inpaint, "inpaint_radius": inpaint_radius, "denoise": denoise, "tv_weight": tv_weight, "tv_k": tv_k,
+        "size": size, "channels": channels, "fit": fit.value, "remove_text": not no_text_removal, "text_threshold": text_threshold,
+        "inpaint": inpaint.value, "inpaint_radius": inpaint_radius, "denoise": denoise.value, "tv_weight": tv_weight, "tv_k": tv_k,
         "tv_sigma": tv_sigma, "tv_iterations": tv_iterations,
     }
     params = replace(PreprocessParams(), **{k: v for k, v in given.items() if v is not None}).validate()
@@ -188,7 +194,7 @@ def _class_constants(values: list[str]) -> dict[str, float]:
 @app.command()
 def train(
     model: Annotated[str, typer.Option(help="resnet-baseline, inception_v3, inception_resnet_v2, densenet169, nasnetalarge, or any timm model name.")],
-    strategy: Annotated[str, typer.Option(help="oversample (scenarios R*) or weighted (class-weighted loss, scenarios C*).")],
+    strategy: Annotated[Strategy, typer.Option(help="oversample (scenarios R*) or weighted (class-weighted loss, scenarios C*).")],
     classes: Annotated[int, typer.Option(help="2 (COVID-19 vs rest), 3 (normal, COVID-19, other) or 4.")],
     data: Annotated[Path, typer.Option(help="Preprocessed folder.")] = folders.PREPROCESSED,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<scenario>).")] = None,
@@ -205,8 +211,9 @@ def train(
     fold: Annotated[Optional[int], typer.Option(help="Validate on this cross-validation fold instead of the val split.")] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Train every fold into RUN/fold-K/ and summarise mean and std.")] = False,
     class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
-    select_by: Annotated[str, typer.Option(help="Keep the best epoch by validation loss or auc.")] = "loss",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    select_by: Annotated[SelectBy, typer.Option(help="Keep the best epoch by validation loss or AUC.")] = SelectBy.loss,
+    exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
@@ -224,7 +231,8 @@ def train(
         model=model, strategy=strategy, classes=classes, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, pretrained=pretrained, weights=weights,
         trainable_blocks="all" if trainable_blocks == "all" else int(trainable_blocks), image_size=image_size, dropout=dropout,
-        fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, device=device, threads=workers,
+        fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, exclude_sources=tuple(exclude_source or ()),
+        device=device, threads=workers,
         resume=resume, overwrite=overwrite, tensorboard=tensorboard,
     )
     quiet = int(os.environ.get("RANK", "0")) != 0
@@ -237,8 +245,9 @@ def train(
             return
         summary = run_train(options, **callbacks)
     if not quiet:
-        best = summary["best"] or {}
-        console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}: val loss {best.get('val_loss')}, val AUC {best.get('val_auc')}")
+        outcome = summary["outcome"]
+        best = outcome["best"] or {}
+        console.print(f"best epoch {outcome['best_epoch']} of {outcome['epochs_run']}: val loss {best.get('val_loss')}, val AUC {best.get('val_auc')}")
         console.print(f"wrote {summary['run']} (config.json, model.safetensors, metrics.csv, train.log)")
 
 
@@ -246,93 +255,76 @@ def train(
 def evaluate(
     runs: Annotated[Optional[list[Path]], typer.Argument(help="Run folder(s) (default: $CXRCLF_MODEL or runs/latest).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Fused or preprocessed folder to evaluate on (default: the run's own data).")] = None,
-    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    split: Annotated[Split, typer.Option(help="Which split of the data to evaluate on.")] = Split.test,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over patients for 95% intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     sensitivity: Annotated[Optional[float], typer.Option(help="Operating point: reach this validation sensitivity for COVID-19 (default: Youden's J).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation-<data>-<split>; with --table, where the table files go).")] = None,
     table: Annotated[bool, typer.Option("--table", help="Compare runs in the shape of the paper's Table 4.")] = False,
-    table_format: Annotated[str, typer.Option("--format", help="Table format: md or csv.")] = "md",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    table_format: Annotated[TableFormat, typer.Option("--format", help="Table format.")] = TableFormat.md,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing evaluation folder.")] = False,
+    allow_unfinished: Annotated[bool, typer.Option(help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.")] = os.cpu_count() or 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
+    from cxrclf import io
     from cxrclf.console import console, evaluation_table
-    from cxrclf.evaluate.evaluation import EvaluateOptions, _jsonable, evaluate as run_evaluate
+    from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate as run_evaluate
     from cxrclf.evaluate.report import scenario_markdown, scenario_rows
 
-    if table_format not in ("md", "csv"):
-        raise CxrclfError(f"--format must be md or csv, not {table_format!r}")
     targets = runs or [None]
     if len(targets) > 1 and not table:
         raise CxrclfError("several runs need --table (or evaluate them one at a time)")
     results = []
     for run in targets:
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
-                                  out=None if table else out, device=device, workers=max(1, workers))
+                                  out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, device=device, workers=max(1, workers))
         results.append(run_evaluate(options))
         if not as_json and not table:
             console.print(evaluation_table(results[-1]))
             console.print(f"wrote {results[-1]['out']}/ (report.md, metrics.json, predictions.csv, figures)")
     if table:
-        import csv
-        import io
-
         rows = scenario_rows(results)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = scenario_markdown(rows) if table_format == "md" else buffer.getvalue()
+        table_csv = io.csv_text(list(rows[0]), [list(r.values()) for r in rows])
         if out:
-            from cxrclf import atomic
-
-            atomic.write_text(out / "scenario_table.md", scenario_markdown(rows))
-            atomic.write_text(out / "scenario_table.csv", buffer.getvalue())
-        if as_json:
-            typer.echo(json.dumps(_jsonable(rows), indent=2))
-        else:
-            typer.echo(text)
+            io.write_text(out / "scenario_table.md", scenario_markdown(rows))
+            io.write_text(out / "scenario_table.csv", table_csv)
+        typer.echo((io.json_text(rows) if as_json else scenario_markdown(rows) if table_format is TableFormat.md else table_csv).rstrip("\n"))
         return
     if as_json:
-        typer.echo(json.dumps(_jsonable(results[0]), indent=2))
+        typer.echo(io.json_text(results[0]).rstrip("\n"))
 
 
 @app.command()
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
     model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON array, an object per input.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (16 was fastest on a 2-core CPU).")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.")] = os.cpu_count() or 1,
 ) -> None:
     """Classify X-ray images with a trained run, preprocessing them exactly as in training."""
-    from cxrclf.inference import Predictor
-    from cxrclf.predict import collect_inputs, predict_files
-    from cxrclf.train.run import resolve_run
+    from cxrclf import io
+    from cxrclf.predict import collect_inputs, predict_files, results_csv
+    from cxrclf.runs import resolve_run
 
     files = collect_inputs(inputs)
+    if csv_file is not None:
+        io.check_output_file(csv_file, inputs)
     run = resolve_run(model)
-    predictor = Predictor(run, device)
+    from cxrclf.inference import Predictor
+
+    predictor = Predictor(run, device, allow_unfinished=allow_unfinished)
     results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers))
     if csv_file:
-        import csv
-        import io
-
-        from cxrclf import atomic
-
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["file", "predicted", *(f"prob_{c}" for c in predictor.class_names), "error"])
-        for r in results:
-            probabilities = r.get("probabilities", {})
-            writer.writerow([r["file"], r.get("predicted", ""), *(probabilities.get(c, "") for c in predictor.class_names), r.get("error", "")])
-        atomic.write_text(csv_file, buffer.getvalue())
+        io.write_text(csv_file, results_csv(results, predictor.class_names))
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        typer.echo(io.json_text(results).rstrip("\n"))
     else:
         from rich.table import Table
 
@@ -345,7 +337,7 @@ def predict(
             table.add_column(name, justify="right")
         for r in results:
             if "error" in r:
-                errors.print(f"cxrclf: error: {r['file']}: {r['error']}", highlight=False)
+                errors.print(f"cxrclf: error: {r['file']}: {r['error']}", highlight=False, markup=False)
                 continue
             table.add_row(r["file"], r["predicted"], *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names))
         console.print(table)
@@ -359,28 +351,33 @@ def predict(
 def explain(
     image: Annotated[Path, typer.Argument(help="One image file (PNG, JPEG or DICOM).")],
     model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
-    method: Annotated[str, typer.Option(help="lime (superpixels) or gradcam (class activation map).")] = "lime",
+    method: Annotated[ExplainMethod, typer.Option(help="lime (superpixels) or gradcam (class activation map).")] = ExplainMethod.lime,
     target: Annotated[Optional[str], typer.Option(help="Class to explain (default: the predicted class).")] = None,
     num_samples: Annotated[int, typer.Option(help="LIME perturbation samples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of LIME's sampling.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Output PNG (default <image>.<method>.png here).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Output PNG (default explanations/<image>.<method>.png).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output PNG.")] = False,
+    allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print probabilities and the top regions as JSON.")] = False,
 ) -> None:
     """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM."""
     from cxrclf.explain.explain import explain_image
     from cxrclf.inference import Predictor
-    from cxrclf.train.run import resolve_run
+    from cxrclf.runs import resolve_run
 
     run = resolve_run(model)
-    result = explain_image(Predictor(run, device), image, method=method, target=target, num_samples=num_samples, seed=seed, out=out)
+    result = explain_image(Predictor(run, device, allow_unfinished=allow_unfinished), image, method=method, target=target,
+                           num_samples=num_samples, seed=seed, out=out, overwrite=overwrite)
     result.pop("attribution")
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        from cxrclf import io
+
+        typer.echo(io.json_text(result).rstrip("\n"))
         return
     from cxrclf.console import console
 
-    console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method}")
+    console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}")
     console.print(f"wrote {result['out']} (model {run})")
 
 

@@ -8,11 +8,11 @@ by calling the same library functions as the commands, so the demo doubles as an
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cxrclf import io
 from cxrclf.errors import CxrclfError
 
 MODEL = "resnet-baseline"   # trained from scratch: needs no pretrained weights
@@ -27,16 +27,18 @@ class DemoResult:
 
 def run_demo(out: Path, seed: int = 0, per_class: int = 40, epochs: int = 15, overwrite: bool = False,
              announce: Callable[[str, str], None] = lambda stage, detail: None, train_callbacks: dict | None = None) -> DemoResult:
+    """Every stage on synthetic phantoms under ``out``; an existing demo folder is replaced only when the new one is complete."""
+    out = Path(out)
+    with io.rebuilt_in_place(out, overwrite, kind="demo"):
+        return _stages(out, seed, per_class, epochs, announce, train_callbacks)
+
+
+def _stages(out: Path, seed: int, per_class: int, epochs: int, announce, train_callbacks) -> DemoResult:
     from cxrclf.data import audit, synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
     from cxrclf.preprocess.batch import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CxrclfError("demo folder exists and is not empty (pass --overwrite to replace it)", out)
-        shutil.rmtree(out)
     workers = os.cpu_count() or 1
     result = DemoResult(out)
     # each stage writes its own folder atomically, as the commands do
@@ -66,7 +68,7 @@ def run_demo(out: Path, seed: int = 0, per_class: int = 40, epochs: int = 15, ov
     trained = train(TrainOptions(model=MODEL, strategy="oversample", classes=4, data=prepared, out=run_dir, epochs=epochs,
                                  patience=epochs, batch_size=16, lr=2e-3, seed=seed, image_size=SIZE), **(train_callbacks or {}))
     result.stages["train"] = trained
-    announce("train", f"{MODEL} (4 classes, oversampling), best epoch {trained['best_epoch']} of {trained['epochs_run']} -> {run_dir}")
+    announce("train", f"{MODEL} (4 classes, oversampling), best epoch {trained['outcome']['best_epoch']} of {trained['outcome']['epochs_run']} -> {run_dir}")
 
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
 

@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrclf.choices import Device, resolve_device
+from cxrclf.errors import CxrclfError
+from cxrclf.models.inputs import model_input, to_model_plane
 from cxrclf.preprocess.params import PreprocessParams
-from cxrclf.train.data import model_input, to_model_plane
+from cxrclf.runs import RunFolder
 
-
-def choose_device(name: str = "auto") -> torch.device:
-    from cxrclf.errors import CxrclfError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CxrclfError("--device cuda asked for, but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise CxrclfError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
+__all__ = ["Predictor", "plane_from_file"]
 
 
 def plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
@@ -35,33 +28,35 @@ def plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
     input size); a module-level function so that it runs in worker processes.
     """
     from cxrclf.data import imageio
-    from cxrclf.errors import CxrclfError
     from cxrclf.preprocess.pipeline import preprocess_image
 
     path, params, size = task
     try:
         image = imageio.read_image(path)
+        if params is not None:
+            image = preprocess_image(image, PreprocessParams(**params))
+        return to_model_plane(image, size)
     except CxrclfError as exc:
         return exc.reason
-    if params is not None:
-        image = preprocess_image(image, PreprocessParams(**params))
-    return to_model_plane(image, size)
+    except Exception as exc:  # a pathological image must not stop the batch
+        return f"cannot process image ({exc.__class__.__name__}: {exc})"
 
 
 class Predictor:
-    def __init__(self, run: Path, device: str = "auto"):
-        from cxrclf.train.run import load_run
+    """A finished run's model with its preprocessing, normalisation and classes (and guard, where it has one)."""
 
-        self.device = choose_device(device)
-        self.run = Path(run)
-        self.model, self.config = load_run(self.run, device=str(self.device))
+    def __init__(self, run: Path | RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False):
+        self.device = resolve_device(device)
+        self.folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
+        self.run = self.folder.path
+        self.model, self.config = self.folder.load(device=str(self.device), allow_unfinished=allow_unfinished)
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.params = PreprocessParams.from_dict(self.config["preprocess"], self.run / "config.json")
-        self.class_names: list[str] = list(self.config["class_names"])
-        self.input_size: int = int(self.config["input_size"])
-        self.in_chans: int = int(self.config["in_chans"])
-        self.mean = torch.tensor(self.config["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.config["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.params: PreprocessParams = self.config.preprocess
+        self.class_names: list[str] = self.config.class_names
+        self.input_size: int = self.config.model.input_size
+        self.in_chans: int = self.config.model.in_chans
+        self.mean = torch.tensor(self.config.model.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.config.model.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def plane_from_decoded(self, image: np.ndarray) -> np.ndarray:
         """A decoded X-ray (any size, uint8/uint16) -> the model's uint8 input plane."""

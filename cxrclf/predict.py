@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrclf import io
 from cxrclf.data.imageio import IMAGE_SUFFIXES
 from cxrclf.errors import CxrclfError
 from cxrclf.inference import plane_from_file
 from cxrclf.parallel import map_images
+
+__all__ = ["collect_inputs", "predict_files", "results_csv"]
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -50,3 +53,12 @@ def predict_files(predictor, files: list[Path], batch_size: int = 16, workers: i
             "probabilities": {name: float(values[c]) for c, name in enumerate(predictor.class_names)},
         }
     return results
+
+
+def results_csv(results: list[dict], class_names: list[str]) -> str:
+    """predict's ``--csv``: one row per file, errors included."""
+    rows = []
+    for r in results:
+        probabilities = r.get("probabilities", {})
+        rows.append([r["file"], r.get("predicted", ""), *(probabilities.get(c, "") for c in class_names), r.get("error", "")])
+    return io.csv_text(["file", "predicted", *(f"prob_{c}" for c in class_names), "error"], rows)

@@ -65,4 +65,4 @@ def test_no_model_found(run_cli, tmp_path, monkeypatch):
     monkeypatch.delenv("CXRCLF_MODEL", raising=False)
     synthetic._png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     result = run_cli("predict", tmp_path / "a.png")
-    assert result.exit_code == 2 and "train one with `cxrclf train` or pass --model" in result.stderr
+    assert result.exit_code == 2 and "train one with `cxrclf train`, or name a run folder" in result.stderr

@@ -7,7 +7,6 @@ staged folder renamed into place.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -17,10 +16,11 @@ from typing import Callable
 
 import pandas as pd
 
-from cxrclf import __version__, atomic
+from cxrclf import __version__, io
 from cxrclf.data import imageio, split
 from cxrclf.data.manifest import FUSED_COLUMNS, write_manifest
 from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, cohen, nlm, rsna, table
+from cxrclf.choices import RsnaNotNormal, parse
 from cxrclf.errors import CxrclfError
 from cxrclf.parallel import map_images
 from cxrclf.labels import FINDINGS
@@ -47,15 +47,14 @@ class FuseOptions:
 
     def validate(self) -> None:
         if not any((self.cohen, self.rsna, self.nlm, self.shenzhen, self.tables)):
-            raise CxrclfError("no source given: pass at least one of --cohen, --rsna, --nlm, --shenzhen, --table")
-        if self.rsna_not_normal not in ("exclude", "normal"):
-            raise CxrclfError(f"--rsna-not-normal must be exclude or normal, not {self.rsna_not_normal!r}")
+            raise CxrclfError("no source given: name at least one of the Cohen, RSNA, NLM or Shenzhen folders, or a table of your own")
+        parse(RsnaNotNormal, self.rsna_not_normal, "the RSNA 'Not Normal' rule")
         if not (0 <= self.test_frac < 1 and 0 <= self.val_frac < 1 and self.test_frac + self.val_frac < 1):
-            raise CxrclfError("--test-frac and --val-frac must be in [0, 1) and sum to less than 1")
+            raise CxrclfError("the test and validation fractions must be in [0, 1) and sum to less than 1")
         if self.folds < 1:
-            raise CxrclfError("--folds must be at least 1")
+            raise CxrclfError("folds must be at least 1")
         if not self.views:
-            raise CxrclfError("--views needs at least one view (for example PA)")
+            raise CxrclfError("views needs at least one view (for example PA)")
 
 
 def read_sources(options: FuseOptions) -> SourceRows:
@@ -95,7 +94,7 @@ def _decode_one(task: tuple[str, str]) -> tuple[int, int, str, str] | str:
         image = imageio.read_image(source_path)
     except CxrclfError as exc:
         return exc.reason
-    atomic.write_bytes(Path(out_path), imageio.encode_png(image))
+    io.write_bytes(Path(out_path), imageio.encode_png(image))
     return image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image)
 
 
@@ -110,15 +109,16 @@ def _count_table(frame: pd.DataFrame, rows: str) -> dict[str, dict[str, int]]:
 def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Build ``out`` (manifest.csv, images/, fuse_report.json). Returns the report."""
     options.validate()
+    inputs = [options.cohen, options.rsna, options.nlm, options.shenzhen, *options.tables]
+    io.check_output_path(out, overwrite, inputs, kinds=("fused",))
     rows = read_sources(options)
-    atomic.check_output_folder(out, overwrite)
     if not rows.records:
         raise CxrclfError("no usable images in the given sources (every row was excluded; see the reasons with --debug)")
     exclusions: list[Exclusion] = list(rows.exclusions)
     records = rows.records
     ids = _image_ids(records)
 
-    with atomic.staged_folder(out, overwrite) as stage:
+    with io.staged_folder(out, overwrite, kind="fused", inputs=inputs) as stage:
         (stage / IMAGES).mkdir()
         tasks = [(str(r.file), str(stage / IMAGES / f"{i}.png")) for r, i in zip(records, ids)]
         decoded = map_images(_decode_one, tasks, options.workers, progress)
@@ -154,8 +154,8 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
 
         frame = pd.DataFrame(kept, columns=list(FUSED_COLUMNS)).sort_values("image_id", kind="stable").reset_index(drop=True)
         write_manifest(frame, stage)
-        report = _report(options, frame, exclusions, duplicates, pairs, kept)
-        atomic.write_text(stage / REPORT_NAME, json.dumps(report, indent=2, sort_keys=False) + "\n")
+        report = _report(options, frame, exclusions, duplicates, pairs, kept) | {"lung_masks": rows.lung_masks}
+        io.write_json(stage / REPORT_NAME, report)
     return report
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrclf import atomic
+from cxrclf.io import write_bytes
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import FINDINGS
+
+__all__ = ["FUSED_COLUMNS", "SPLITS", "manifest_path", "read_manifest", "select_split", "to_csv_bytes", "write_manifest"]
 
 FUSED_COLUMNS: tuple[str, ...] = (
     "image_id",      # unique, stable, file-name safe
@@ -77,7 +79,33 @@ def read_manifest(folder_or_file: Path, required: tuple[str, ...] = FUSED_COLUMN
         unknown = sorted(set(frame["split"]) - set(SPLITS))
         if unknown:
             raise CxrclfError(f"unknown split(s) {', '.join(unknown)}; expected {', '.join(SPLITS)}", path)
+    _check_ids_and_paths(frame, path)
     return frame
+
+
+def _check_ids_and_paths(frame: pd.DataFrame, path: Path) -> None:
+    """Ids become file names and paths are opened under the manifest's folder: neither may escape it."""
+    if "image_id" in frame.columns:
+        bad = next((i for i in frame["image_id"] if not _safe_name(i)), None)
+        if bad is not None:
+            raise CxrclfError(f"image_id {bad!r} is not a safe file name (no separators, no leading dot, no '..')", path)
+        repeated = frame["image_id"][frame["image_id"].duplicated()]
+        if len(repeated):
+            raise CxrclfError(f"image_id {repeated.iloc[0]!r} appears more than once", path)
+    for column in ("path", "fused_path"):
+        if column in frame.columns:
+            bad = next((p for p in frame[column] if not _safe_relative(p)), None)
+            if bad is not None:
+                raise CxrclfError(f"{column} {bad!r} must be relative to the manifest's folder and stay inside it", path)
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and len(name) <= 255 and not name.startswith(".") and not any(c in name for c in "/\\\0:")
+
+
+def _safe_relative(relative: str) -> bool:
+    parts = relative.replace("\\", "/").split("/")
+    return bool(relative) and not relative.startswith(("/", "\\")) and ".." not in parts and "\0" not in relative and ":" not in parts[0]
 
 
 def to_csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -88,5 +116,15 @@ def to_csv_bytes(frame: pd.DataFrame) -> bytes:
 
 def write_manifest(frame: pd.DataFrame, folder: Path) -> Path:
     path = Path(folder) / MANIFEST_NAME
-    atomic.write_bytes(path, to_csv_bytes(frame))
+    write_bytes(path, to_csv_bytes(frame))
     return path
+
+
+def select_split(frame: pd.DataFrame, split: str, fold: int | None = None) -> pd.DataFrame:
+    """Rows of a split. With ``fold``, val is that fold and train is every other non-test fold."""
+    if fold is None:
+        return frame[frame["split"] == split]
+    outside = frame[frame["split"] != "test"]
+    if split == "test":
+        return frame[frame["split"] == "test"]
+    return outside[outside["fold"] == fold] if split == "val" else outside[outside["fold"] != fold]

@@ -309,9 +309,15 @@ def write_rsna(folder: Path, counts: dict[str, int], rng: np.random.Generator, s
     return ids
 
 
-def write_nlm(folder: Path, counts: dict[str, int], rng: np.random.Generator, size: int = 128, set_name: str = "montgomery") -> list[Path]:
+def write_nlm(folder: Path, counts: dict[str, int], rng: np.random.Generator, size: int = 128, set_name: str = "montgomery",
+              masks: bool = True) -> list[Path]:
     """NLM layout: Montgomery ``MontgomerySet/CXR_png/MCUCXR_dddd_L.png`` (+ ClinicalReadings)
-    or Shenzhen ``ChinaSet_AllFiles/CXR_png/CHNCXR_dddd_L.png`` (+ shenzhen_metadata.csv)."""
+    or Shenzhen ``ChinaSet_AllFiles/CXR_png/CHNCXR_dddd_L.png`` (+ shenzhen_metadata.csv).
+
+    With ``masks``, also the lung masks of the official downloads (0/255 PNGs, same size):
+    Montgomery ``ManualMask/leftMask/`` and ``rightMask/`` under the X-ray's name (named from
+    the patient's side: the patient's left lung is on the image's right), Shenzhen
+    ``mask/CHNCXR_dddd_L_mask.png`` with both lungs."""
     folder = Path(folder)
     prefix, top = ("MCUCXR", "MontgomerySet") if set_name == "montgomery" else ("CHNCXR", "ChinaSet_AllFiles")
     written, table = [], []
@@ -321,8 +327,11 @@ def write_nlm(folder: Path, counts: dict[str, int], rng: np.random.Generator, si
             number += 1
             name = f"{prefix}_{number:04d}_{digit}.png"
             path = folder / top / "CXR_png" / name
-            _png(path, to_uint8(phantom(finding, rng, size).image))
+            sample = phantom(finding, rng, size)
+            _png(path, to_uint8(sample.image))
             written.append(path)
+            if masks:
+                _write_lung_masks(folder / top, name, sample.lung_mask, set_name)
             sex, age = str(rng.choice(["Male", "Female"])), int(rng.integers(18, 80))
             if set_name == "montgomery":
                 reading = folder / top / "ClinicalReadings" / f"{Path(name).stem}.txt"
@@ -336,6 +345,16 @@ def write_nlm(folder: Path, counts: dict[str, int], rng: np.random.Generator, si
             writer.writerow(["study_id", "sex", "age", "findings"])
             writer.writerows(table)
     return written
+
+
+def _write_lung_masks(set_folder: Path, name: str, lungs: np.ndarray, set_name: str) -> None:
+    if set_name == "montgomery":
+        image_right = np.zeros_like(lungs)
+        image_right[:, lungs.shape[1] // 2:] = True
+        for side, keep in (("leftMask", image_right), ("rightMask", ~image_right)):
+            _png(set_folder / "ManualMask" / side / name, (lungs & keep).astype(np.uint8) * 255)
+    else:
+        _png(set_folder / "mask" / f"{Path(name).stem}_mask.png", lungs.astype(np.uint8) * 255)
 
 
 def write_sources(root: Path, seed: int = 0, per_class: int = 30, size: int = 256, cohen_schema: str = "mid2020") -> dict[str, Path]:

@@ -8,7 +8,6 @@ chosen on the run's validation split, never on the data being evaluated.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -17,43 +16,49 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrclf import atomic
-from cxrclf.data.manifest import manifest_path, read_manifest, to_csv_bytes
+from cxrclf import io
+from cxrclf.choices import Device, Split, parse
+from cxrclf.data.manifest import manifest_path, read_manifest, select_split, to_csv_bytes
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate import calibration, intervals, metrics, threshold as operating
 from cxrclf.labels import COVID19, SCHEMES
 from cxrclf.inference import plane_from_file
 from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams, read_params
+from cxrclf.runs import RunConfig, RunFolder, resolve_run
+
+__all__ = ["EvaluateOptions", "compute_metrics", "evaluate", "load_rows", "predict_rows"]
 
 FOCUS = COVID19
 
 
 @dataclass
 class EvaluateOptions:
-    run: Path
+    run: Path | None
     data: Path | None = None
-    split: str = "test"
+    split: Split | str = Split.test
     bootstrap: int = 1000
     seed: int = 0
     sensitivity: float | None = None
     out: Path | None = None
-    device: str = "auto"
+    overwrite: bool = False
+    allow_unfinished: bool = False
+    device: Device | str = Device.auto
     workers: int = os.cpu_count() or 1
 
-    def validate(self) -> None:
-        if self.split not in ("test", "val", "train", "all"):
-            raise CxrclfError(f"--split must be test, val, train or all, not {self.split!r}")
+    def validate(self) -> "EvaluateOptions":
+        self.split = parse(Split, self.split, "split")
+        self.device = parse(Device, self.device, "device")
         if self.bootstrap < 0:
-            raise CxrclfError("--bootstrap must be 0 (off) or more resamples")
+            raise CxrclfError("bootstrap resamples must be 0 (off) or more")
         if self.sensitivity is not None and not 0 < self.sensitivity <= 1:
-            raise CxrclfError(f"--sensitivity must be in (0, 1], not {self.sensitivity}")
+            raise CxrclfError(f"sensitivity must be in (0, 1], not {self.sensitivity}")
+        return self
 
 
-def load_rows(data: Path, split: str, params: PreprocessParams, fold: int | None = None) -> tuple[pd.DataFrame, Path, bool]:
+def load_rows(data: Path, split: Split | str, params: PreprocessParams, fold: int | None = None, exclude_sources: tuple[str, ...] = ()) -> tuple[pd.DataFrame, Path, bool]:
     """Rows of ``split`` from a fused or preprocessed folder; True when they still need preprocessing."""
-    from cxrclf.train.data import select
-
+    split = parse(Split, split, "split").value
     frame = read_manifest(data)
     root = manifest_path(data).parent
     preprocessed = "fused_path" in frame.columns
@@ -62,7 +67,8 @@ def load_rows(data: Path, split: str, params: PreprocessParams, fold: int | None
         if theirs != params:
             changed = sorted(k for k, v in params.to_dict().items() if theirs.to_dict()[k] != v)
             raise CxrclfError(f"was preprocessed with other parameters than the run ({', '.join(changed)}); pass its fused folder instead", root)
-    rows = frame if split == "all" else select(frame, split, fold)
+    rows = frame if split == "all" else select_split(frame, split, fold)
+    rows = rows[~rows["source"].isin(exclude_sources)]
     if rows.empty:
         raise CxrclfError(f"the {split} split is empty", root)
     return rows.reset_index(drop=True), root, not preprocessed
@@ -143,20 +149,18 @@ def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold
     return result
 
 
-def _same_data_as_training(folder: Path, config: dict) -> bool:
+def _same_data_as_training(folder: Path, config: RunConfig) -> bool:
     """True when ``folder``'s manifest is byte for byte the one the run was trained on."""
-    import hashlib
-
     file = manifest_path(folder)
-    return file.is_file() and hashlib.sha256(file.read_bytes()).hexdigest() == config["data"].get("manifest_sha256")
+    return file.is_file() and io.sha256_file(file) == config.data.manifest_sha256
 
 
-def _validation_threshold(predictor, config: dict, sensitivity: float | None, workers: int) -> dict | None:
+def _validation_threshold(predictor, config: RunConfig, sensitivity: float | None, workers: int) -> dict | None:
     """The operating point from the run's own validation split; None when that data is gone or changed."""
-    folder = Path(config["data"]["folder"])
+    folder = Path(config.data.folder)
     if not _same_data_as_training(folder, config):
         return None
-    rows, root, needs = load_rows(folder, "val", predictor.params, config["data"].get("fold"))
+    rows, root, needs = load_rows(folder, Split.val, predictor.params, config.data.fold, config.data.exclude_sources)
     predictions = predict_rows(predictor, rows, root, needs, workers)
     labels, probabilities = _arrays(predictions, predictor.class_names)
     focus = predictor.class_names.index(FOCUS)
@@ -165,56 +169,57 @@ def _validation_threshold(predictor, config: dict, sensitivity: float | None, wo
 
 def evaluate(options: EvaluateOptions) -> dict:
     """Evaluate one run; writes its evaluation folder and returns metrics.json's content."""
-    from cxrclf.evaluate import plots, report
     from cxrclf.inference import Predictor
-    from cxrclf.train.run import resolve_run
 
     options.validate()
-    run = resolve_run(options.run)
-    predictor = Predictor(run, options.device)
-    config = predictor.config
-    own = Path(config["data"]["folder"])
+    folder = resolve_run(options.run)
+    config = folder.read_config()
+    folder.require_finished(config, options.allow_unfinished)
+    run = folder.path
+    own = Path(config.data.folder)
     data = Path(options.data) if options.data else own
     if not data.exists():
-        raise CxrclfError("data folder not found (pass --data)", data)
+        raise CxrclfError("data folder not found (name the data to evaluate on)", data)
     own_data = data.resolve() == own.resolve()
+    out = Path(options.out) if options.out else run / _default_name(data, own_data, options.split)
+    io.refuse_overlap(out, [data])
+    if _inside(run, out.resolve()):
+        raise CxrclfError("output would replace the run folder it evaluates; choose an output folder inside or beside it", out)
+    io.check_output_path(out, options.overwrite, kinds=("evaluation",))
+    predictor = Predictor(folder, options.device, allow_unfinished=options.allow_unfinished)
     if own_data and not _same_data_as_training(own, config):
         raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
-    rows, root, needs = load_rows(data, options.split, predictor.params, config["data"].get("fold") if own_data else None)
+    rows, root, needs = load_rows(data, options.split, predictor.params, config.data.fold if own_data else None)
     predictions = predict_rows(predictor, rows, root, needs, options.workers)
     threshold = _validation_threshold(predictor, config, options.sensitivity, options.workers)
     result = {
-        "run": str(run), "model": config["model"], "scenario": config.get("scenario", ""), "data": str(data.resolve()),
-        "split": options.split, "external": not own_data,
+        "run": str(run), "model": config.model.name, "scenario": config.scenario, "data": str(data.resolve()),
+        "split": options.split.value, "external": not own_data,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
-
-    if own_data:
-        name = f"evaluation-own-{options.split}"
-    else:
-        import hashlib
-
-        tag = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:6]  # siteA/fused and siteB/fused differ
-        name = f"evaluation-{data.resolve().name}-{tag}-{options.split}"
-    out = Path(options.out) if options.out else run / name
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metrics.json").is_file())):
-        raise CxrclfError("output folder exists and is not an earlier evaluation; choose another --out", out)
-    with atomic.staged_folder(out, overwrite=True) as stage:
-        atomic.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
-        atomic.write_text(stage / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
-        figures = plots.write_all(stage, predictions, predictor.class_names, result, run / "metrics.csv")
-        atomic.write_text(stage / "report.md", report.markdown(result, figures))
+    _write(out, options.overwrite, predictions, predictor.class_names, result, folder)
     result["out"] = str(out)
     return result
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value
+def _inside(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _default_name(data: Path, own_data: bool, split: Split) -> str:
+    if own_data:
+        return f"evaluation-own-{split.value}"
+    import hashlib
+
+    tag = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:6]  # siteA/fused and siteB/fused differ
+    return f"evaluation-{data.resolve().name}-{tag}-{split.value}"
+
+
+def _write(out: Path, overwrite: bool, predictions: pd.DataFrame, class_names: list[str], result: dict, run: RunFolder) -> None:
+    from cxrclf.evaluate import plots, report
+
+    with io.staged_folder(out, overwrite, kind="evaluation") as stage:
+        io.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
+        io.write_json(stage / "metrics.json", result)
+        figures = plots.write_all(stage, predictions, class_names, result, run.file(RunFolder.METRICS))
+        io.write_text(stage / "report.md", report.markdown(result, figures))

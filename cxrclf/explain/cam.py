@@ -21,7 +21,7 @@ def grad_cam(predictor, plane: np.ndarray, target: int) -> np.ndarray:
     with torch.enable_grad():
         features = model.forward_features(x)
         if features.ndim != 4:
-            raise CxrclfError(f"Grad-CAM needs a convolutional feature map, but {predictor.config['model']} gives shape {tuple(features.shape)}; use --method lime")
+            raise CxrclfError(f"Grad-CAM needs a convolutional feature map, but {predictor.config.model.name} gives shape {tuple(features.shape)}; use --method lime")
         features = features.detach().float().requires_grad_(True)
         logits = model.forward_head(features)
         logits[0, target].backward()

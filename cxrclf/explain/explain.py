@@ -6,33 +6,40 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrclf import io
+from cxrclf.choices import ExplainMethod, parse
 from cxrclf.data.imageio import read_image
 from cxrclf.errors import CxrclfError
 
-METHODS = ("lime", "gradcam")
+__all__ = ["DEFAULT_FOLDER", "default_out", "explain_image", "positive_fraction_inside"]
+
+DEFAULT_FOLDER = Path("explanations")
 
 
-def explain_image(predictor, image_path: Path, method: str = "lime", target: str | None = None, num_samples: int = 1000,
-                  seed: int = 0, out: Path | None = None) -> dict:
+def default_out(image_path: Path, method: ExplainMethod | str) -> Path:
+    """``explanations/<image stem>.<method>.png``: a folder of its own, never beside the user's files."""
+    return DEFAULT_FOLDER / f"{Path(image_path).stem}.{parse(ExplainMethod, method, 'method').value}.png"
+
+
+def explain_image(predictor, image_path: Path, method: ExplainMethod | str = ExplainMethod.lime, target: str | None = None, num_samples: int = 1000,
+                  seed: int = 0, out: Path | None = None, overwrite: bool = False) -> dict:
     """Write the explanation PNG; return probabilities, the explained class and the top regions."""
     from cxrclf.explain import cam, lime, overlay
 
-    if method not in METHODS:
-        raise CxrclfError(f"--method must be lime or gradcam, not {method!r}")
+    method = parse(ExplainMethod, method, "method")
     if target is not None and target not in predictor.class_names:
-        raise CxrclfError(f"--target {target!r} is not a class of this run ({', '.join(predictor.class_names)})")
+        raise CxrclfError(f"target {target!r} is not a class of this run ({', '.join(predictor.class_names)})")
     if num_samples < 10:
-        raise CxrclfError("--num-samples must be at least 10")
+        raise CxrclfError("LIME needs at least 10 samples")
     image_path = Path(image_path)
-    out = Path(out) if out else Path(f"{image_path.stem}.{method}.png")
-    if out.suffix.lower() != ".png":
-        raise CxrclfError("explanation output must be a .png file", out)
+    out = Path(out) if out else default_out(image_path, method)
+    io.check_output_file(out, [image_path, predictor.run / "config.json", predictor.run / "model.safetensors"], suffix=".png", overwrite=overwrite)
     plane = predictor.plane_from_decoded(read_image(image_path))
     probabilities = predictor.probabilities(plane[None])[0]
     predicted = predictor.class_names[int(probabilities.argmax())]
     target = target or predicted
     target_index = predictor.class_names.index(target)
-    if method == "lime":
+    if method is ExplainMethod.lime:
         segments, weights = lime.explain_lime(predictor, plane, target_index, num_samples, seed)
         attribution = lime.weight_map(segments, weights)
         regions = lime.top_regions(segments, weights)
@@ -46,7 +53,7 @@ def explain_image(predictor, image_path: Path, method: str = "lime", target: str
     title = f"{image_path.name}: predicted {predicted} | " + ", ".join(f"{n} {p:.3f}" for n, p in zip(predictor.class_names, probabilities))
     overlay.write(out, plane, picture, title, subtitle)
     return {
-        "file": str(image_path), "method": method, "target": target, "predicted": predicted,
+        "file": str(image_path), "method": method.value, "target": target, "predicted": predicted,
         "probabilities": {n: float(p) for n, p in zip(predictor.class_names, probabilities)},
         "regions": regions, "out": str(out), "attribution": attribution,
     }

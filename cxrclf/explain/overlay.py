@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrclf import atomic
+from cxrclf.io import write_bytes
 
 
 def _figure(plane: np.ndarray, overlay_rgb: np.ndarray, title: str, subtitle: str) -> bytes:
@@ -61,5 +61,5 @@ def cam_overlay(plane: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 
 
 def write(path: Path, plane: np.ndarray, overlay_rgb: np.ndarray, title: str, subtitle: str) -> Path:
-    atomic.write_bytes(Path(path), _figure(plane, overlay_rgb, title, subtitle))
+    write_bytes(Path(path), _figure(plane, overlay_rgb, title, subtitle))
     return Path(path)

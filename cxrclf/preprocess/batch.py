@@ -8,15 +8,17 @@ with ``figures``, ``figures/<image_id>.png`` panels of every stage with its hist
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
-from cxrclf import __version__, atomic
+from cxrclf import __version__, io
 from cxrclf.data import imageio
 from cxrclf.data.manifest import FUSED_COLUMNS, manifest_path, read_manifest, to_csv_bytes, write_manifest
 from cxrclf.errors import CxrclfError
@@ -49,31 +51,45 @@ def _process_one(task: tuple[str, str, dict]) -> str | None:
         result = preprocess_image(image, PreprocessParams(**values))
     except Exception as exc:  # a pathological image must not stop the batch
         return f"preprocessing failed ({exc.__class__.__name__}: {exc})"
-    atomic.write_bytes(Path(target), imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
+    io.write_bytes(Path(target), imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
     return None
 
 
-def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool) -> bool:
-    """True when ``out`` holds an unfinished or finished run with the same parameters (resume)."""
-    if out.exists() and not out.is_dir():
-        raise CxrclfError("output exists and is not a folder", out)
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    if overwrite:
-        return False
+def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool, fused: Path) -> str:
+    """``new``, ``resume`` (an unfinished or finished output with the same parameters) or ``replace``."""
+    if io.check_output_path(out, overwrite, [fused], kinds=("preprocessed",), resumable=True):
+        return "replace"
+    if not out.is_dir() or not any(p.name != io.MARKER for p in out.iterdir()):
+        return "new"
     existing = out / PARAMS_NAME
     if not existing.is_file():
-        raise CxrclfError("output folder exists and is not a preprocessed folder (pass --overwrite to replace it)", out)
-    try:
-        document = json.loads(existing.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CxrclfError("unreadable preprocess.json (pass --overwrite to start again)", existing) from exc
+        raise CxrclfError("output folder exists and is not a preprocessed folder; choose another output folder", out)
+    document = io.read_json(existing, PARAMS_NAME)
     if document.get("params") != params.to_dict():
-        changed = sorted(k for k, v in params.to_dict().items() if document.get("params", {}).get(k) != v)
-        raise CxrclfError(f"was made with other parameters ({', '.join(changed)} differ); pass --overwrite to redo it or choose another --out", out)
+        changed = sorted(k for k, v in params.to_dict().items() if (document.get("params") or {}).get(k) != v)
+        raise CxrclfError(f"was made with other parameters ({', '.join(changed)} differ); pass --overwrite to redo it or choose another output", out)
     if document.get("fused_manifest_sha256") != fused_sha:
         raise CxrclfError("was made from another fused manifest; pass --overwrite to redo it", out)
-    return True
+    return "resume"
+
+
+@contextlib.contextmanager
+def _output(out: Path, mode: str) -> Iterator[Path]:
+    """The folder to write into: ``out`` itself (new or resumed), or a stage swapped in at the end."""
+    if mode != "replace":
+        (out / IMAGES).mkdir(parents=True, exist_ok=True)
+        io.mark(out, "preprocessed")
+        yield out
+        return
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        (stage / IMAGES).mkdir()
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    io.mark(stage, "preprocessed")
+    io.swap_into_place(stage, out, replace=True)
 
 
 def preprocess_folder(
@@ -85,23 +101,30 @@ def preprocess_folder(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Preprocess every image of a fused folder into ``out``; returns the summary written to preprocess.json."""
+    """Preprocess every image of a fused folder into ``out``; returns the summary written to preprocess.json.
+
+    Resumable: images already written with the same parameters are kept. ``overwrite``
+    replaces an earlier preprocessed folder only when the new one is complete.
+    """
     params.validate()
     fused = Path(fused)
+    out = Path(out)
     frame = read_manifest(fused)
     fused_file = manifest_path(fused)
-    fused_sha = hashlib.sha256(fused_file.read_bytes()).hexdigest()
-    resuming = _check_existing(out, params, fused_sha, overwrite)
-    if out.exists() and not resuming and overwrite:
-        import shutil
+    fused_sha = io.sha256_file(fused_file)
+    _check_existing(out, params, fused_sha, overwrite, fused_file.parent)  # before the lock: a bad output folder is not created
+    with io.folder_lock(out):
+        io.remove_stale_partials(out)
+        mode = _check_existing(out, params, fused_sha, overwrite, fused_file.parent)
+        with _output(out, mode) as target_folder:
+            return _process(frame, fused, fused_file.parent, fused_sha, target_folder, params, workers, figures, resuming=mode == "resume", progress=progress)
 
-        shutil.rmtree(out)
-    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+
+def _process(frame: pd.DataFrame, fused: Path, root: Path, fused_sha: str, out: Path, params: PreprocessParams, workers: int, figures: int,
+             resuming: bool, progress) -> dict:
     summary = {"params": params.to_dict(), "fused": str(fused.resolve()), "fused_manifest_sha256": fused_sha, "versions": _versions(), "complete": False}
     if not resuming:
-        atomic.write_text(out / PARAMS_NAME, json.dumps(summary, indent=2) + "\n")
-
-    root = fused_file.parent
+        io.write_json(out / PARAMS_NAME, summary)
     targets = [out / IMAGES / f"{image_id}.png" for image_id in frame["image_id"]]
     todo = [i for i, target in enumerate(targets) if not target.exists()]
     tasks = [(str(root / frame["path"].iloc[i]), str(targets[i]), params.to_dict()) for i in todo]
@@ -114,7 +137,7 @@ def preprocess_folder(
     done["path"] = [f"{IMAGES}/{image_id}.png" for image_id in done["image_id"]]
     done = done[list(FUSED_COLUMNS) + ["fused_path"] + [c for c in frame.columns if c not in FUSED_COLUMNS]]
     write_manifest(done.reset_index(drop=True), out)
-    atomic.write_bytes(out / SKIPPED_NAME, to_csv_bytes(pd.DataFrame(skipped, columns=["image_id", "fused_path", "reason"])))
+    io.write_bytes(out / SKIPPED_NAME, to_csv_bytes(pd.DataFrame(skipped, columns=["image_id", "fused_path", "reason"])))
     if figures:
         write_figures(root, frame.drop(index=list(failed)), params, out / FIGURES, figures)
     summary.update(
@@ -126,7 +149,7 @@ def preprocess_folder(
         skipped_rows=skipped,
         split_x_finding={s: {f: int(n) for f, n in sub["finding"].value_counts().sort_index().items()} for s, sub in done.groupby("split")},
     )
-    atomic.write_text(out / PARAMS_NAME, json.dumps(summary, indent=2) + "\n")
+    io.write_json(out / PARAMS_NAME, summary)
     return summary
 
 
@@ -135,15 +158,16 @@ def preview(image_path: Path, out_file: Path, params: PreprocessParams) -> tuple
     from cxrclf.preprocess.pipeline import preprocess_image
 
     params.validate()
-    if out_file.suffix.lower() != ".png":
-        raise CxrclfError("preview output must be a .png file", out_file)
+    io.check_output_file(out_file, [image_path], suffix=".png")
     result = preprocess_image(imageio.read_image(image_path), params)
-    atomic.write_bytes(out_file, imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
+    io.write_bytes(out_file, imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
     return result.shape[0], result.shape[1]
 
 
 def write_figures(root: Path, frame: pd.DataFrame, params: PreprocessParams, folder: Path, count: int) -> list[Path]:
     """The paper's Fig. 3: per image, each stage and its pixel histogram. One per finding first."""
+    import io as stdio
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +193,9 @@ def write_figures(root: Path, frame: pd.DataFrame, params: PreprocessParams, fol
         fig.suptitle(f"{row['image_id']} ({row['finding']}, {row['source']})")
         fig.tight_layout()
         target = folder / f"{row['image_id']}.png"
-        fig.savefig(target.with_suffix(".tmp.png"), dpi=80)
+        buffer = stdio.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
         plt.close(fig)
-        target.with_suffix(".tmp.png").replace(target)
+        io.write_bytes(target, buffer.getvalue())
         written.append(target)
     return written

@@ -1,45 +1,57 @@
 """``cxrclf train``: fine-tune one model on a preprocessed folder, reproducibly and resumably.
 
-The loop: Adam; mini-batches; per-epoch validation in inference mode; early stopping on
-validation loss; the best weights by validation loss (or AUC with ``select_by="auc"``);
-a resume checkpoint after every epoch. Under ``torchrun`` it runs DistributedDataParallel
-(gloo on CPU, nccl on GPU); every rank draws the same epoch order and takes its share,
-so oversampling stays correct, and only rank 0 writes.
+:func:`train` is a short composition of named steps: prepare (options, device, data, output
+folder), load the images, build the model, describe the run (:class:`cxrclf.runs.RunConfig`),
+restore a checkpoint, fit (epochs with early stopping and checkpoints), finish (config,
+``latest``). The loop: Adam; mini-batches; per-epoch validation in inference mode; early
+stopping on validation loss; the best weights by validation loss (or AUC with
+``select_by="auc"``). Under ``torchrun`` it runs DistributedDataParallel (gloo on CPU, nccl on
+GPU); every rank draws the same epoch order and takes its share, so oversampling stays
+correct, and only rank 0 writes.
+
+The run folder is locked while training. A new run is written in place (so ``--resume``
+finds its checkpoint after a kill); replacing an existing run writes the new one beside it
+and swaps only when training has finished.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
+import contextlib
 import json
 import math
 import os
 import platform
-import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cxrclf import __version__, atomic, folders
+from cxrclf import __version__, folders, io
+from cxrclf.choices import Device, SelectBy, Strategy, parse, resolve_device
+from cxrclf.data.manifest import select_split
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate.metrics import epoch_metrics
-from cxrclf.labels import SCHEMES
-from cxrclf.preprocess.params import read_params
-from cxrclf.train import imbalance, run as runfolder
+from cxrclf.labels import SCHEMES, LabelScheme
+from cxrclf.models.inputs import model_input
+from cxrclf.preprocess.params import PreprocessParams, read_params
+from cxrclf.runs import FINISHED, TRAINING, DataSpec, Execution, ModelSpec, Outcome, RunConfig, RunFolder, TrainingSpec, scenario_code
+from cxrclf.train import imbalance
 from cxrclf.train.augment import random_affine
-from cxrclf.train.data import ImageSet, load_images, model_input, read_preprocessed, select
+from cxrclf.train.data import ImageSet, load_images, read_preprocessed
+
+__all__ = ["TrainOptions", "Trainer", "Batches", "cross_validate", "train"]
 
 
 @dataclass
 class TrainOptions:
     model: str
-    strategy: str
+    strategy: Strategy | str
     classes: int
     data: Path = folders.PREPROCESSED
     out: Path | None = None
@@ -55,43 +67,43 @@ class TrainOptions:
     dropout: float = 0.5
     fold: int | None = None
     class_constants: dict[str, float] = field(default_factory=dict)
-    select_by: str = "loss"
-    device: str = "auto"
+    select_by: SelectBy | str = SelectBy.loss
+    exclude_sources: tuple[str, ...] = ()
+    device: Device | str = Device.auto
     threads: int | None = None
     resume: bool = False
     overwrite: bool = False
     tensorboard: bool = False
     update_latest: bool = True      # False for the folds of --cv: a fold is not a deployable run
 
-    def validate(self) -> None:
-        if self.strategy not in imbalance.STRATEGIES:
-            raise CxrclfError(f"--strategy must be oversample or weighted, not {self.strategy!r}")
+    def validate(self) -> "TrainOptions":
+        self.strategy = parse(Strategy, self.strategy, "strategy")
+        self.select_by = parse(SelectBy, self.select_by, "select_by")
+        self.device = parse(Device, self.device, "device")
+        self.exclude_sources = tuple(self.exclude_sources)
         if self.classes not in SCHEMES:
-            raise CxrclfError(f"--classes must be 2, 3 or 4, not {self.classes}")
+            raise CxrclfError(f"classes must be 2, 3 or 4, not {self.classes}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or not self.lr > 0:
-            raise CxrclfError("--epochs, --batch-size and --patience must be at least 1 and --lr positive")
-        if self.select_by not in ("loss", "auc"):
-            raise CxrclfError(f"--select-by must be loss or auc, not {self.select_by!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise CxrclfError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise CxrclfError("--device cuda asked for, but no CUDA device is available")
+            raise CxrclfError("epochs, batch size and patience must be at least 1 and the learning rate positive")
+        if self.threads is not None and self.threads < 1:
+            raise CxrclfError(f"threads must be at least 1, not {self.threads}")
         if self.tensorboard:
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
-                raise CxrclfError("--tensorboard needs the tensorboard package: pip install 'cxrclf[tensorboard]'")
+                raise CxrclfError("TensorBoard logging needs the tensorboard package: pip install 'cxrclf[tensorboard]'")
         if self.resume and self.overwrite:
-            raise CxrclfError("--resume and --overwrite contradict each other; choose one")
+            raise CxrclfError("resuming and overwriting a run contradict each other; choose one")
         scheme = SCHEMES[self.classes]
-        if self.class_constants and self.strategy != "weighted":
-            raise CxrclfError("--class-constant sets Eq. 1's constants, which only the weighted strategy uses")
+        if self.class_constants and self.strategy is not Strategy.weighted:
+            raise CxrclfError("class constants set Eq. 1's weights, which only the weighted strategy uses")
         for name in self.class_constants:
             if name not in scheme.classes:
-                raise CxrclfError(f"--class-constant names {name!r}, which is not a class of the {scheme.name} scheme ({', '.join(scheme.classes)})")
+                raise CxrclfError(f"class constant for {name!r}, which is not a class of the {scheme.name} scheme ({', '.join(scheme.classes)})")
+        return self
 
     def default_out(self) -> Path:
-        name = f"{self.model}-{runfolder.scenario_code(self.strategy, self.classes)}"
+        name = f"{self.model}-{scenario_code(self.strategy, self.classes)}"
         return folders.RUNS / (name if self.fold is None else f"{name}-fold{self.fold}")
 
 
@@ -114,14 +126,6 @@ def _distributed(device: torch.device) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size())
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
 
 
 class Batches:
@@ -201,8 +205,102 @@ class Trainer:
         return np.concatenate(probabilities) if probabilities else np.zeros((0, 0)), loss_sum / max(labelled, 1)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- steps of train()
+
+@dataclass
+class _Setup:
+    """What the first step settles: options checked, device, ranks, data, output folder."""
+    options: TrainOptions
+    scheme: LabelScheme
+    device: torch.device
+    dist: Distributed
+    frame: pd.DataFrame
+    root: Path
+    params: PreprocessParams
+    out: Path                # where the run will be when training has finished
+    resuming: bool
+    replacing: bool          # an existing run is replaced: train beside it, swap at the end
+
+
+@dataclass
+class _Data:
+    train: ImageSet
+    val: ImageSet
+    counts: np.ndarray
+    weights: np.ndarray | None
+
+
+@dataclass
+class _Progress:
+    """Early-stopping state, saved in every checkpoint."""
+    epoch: int = 0
+    best_score: float = math.inf
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    wait: int = 0
+    history: list = field(default_factory=list)
+
+
+def _prepare(options: TrainOptions) -> _Setup:
+    options.validate()
+    device = resolve_device(options.device)
+    dist_info = _distributed(device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    frame, root = read_preprocessed(options.data)
+    params = read_params(root / "preprocess.json")
+    if options.fold is not None and not 0 <= options.fold <= int(frame["fold"].max()):
+        raise CxrclfError(f"fold {options.fold} does not exist; the manifest has folds 0..{int(frame['fold'].max())}", root)
+    unknown = sorted(set(options.exclude_sources) - set(frame["source"]))
+    if unknown:
+        raise CxrclfError(f"no source named {', '.join(unknown)} to exclude; the data's sources are {', '.join(sorted(set(frame['source'])))}", root)
+    out = Path(options.out or options.default_out())
+    resuming, replacing = options.resume, False
+    if dist_info.writer:  # rank 0 alone judges the folder: other ranks would race with its writing
+        inputs = [root, options.weights]
+        if options.resume:
+            io.refuse_overlap(out, inputs)
+            if not (out / RunFolder.CHECKPOINT).is_file():
+                raise CxrclfError("nothing to resume: no checkpoint.pt in the run folder", out)
+        else:
+            replacing = io.check_output_path(out, options.overwrite, inputs, kinds=("run",), resumable=True)
+            if not replacing and out.exists() and any(out.iterdir()):
+                raise CxrclfError("run folder exists (pass --resume to continue it or --overwrite to replace it)", out)
+    return _Setup(options, SCHEMES[options.classes], device, dist_info, frame, root, params, out, resuming, replacing)
+
+
+def _load_data(setup: _Setup, input_size: int) -> _Data:
+    options, scheme = setup.options, setup.scheme
+    sets = {}
+    for name in ("train", "val"):
+        rows = select_split(setup.frame, name, options.fold)
+        rows = rows[rows["finding"].isin(list(scheme.finding_to_class)) & ~rows["source"].isin(options.exclude_sources)]
+        if rows.empty:
+            raise CxrclfError(f"the {name} split is empty" + (f" for fold {options.fold}" if options.fold is not None else ""), setup.root)
+        sets[name] = load_images(rows, setup.root, scheme, input_size)
+    counts = imbalance.class_counts(sets["train"].labels, scheme.num_classes)
+    empty = [c for c, n in zip(scheme.classes, counts) if n == 0]
+    if empty:
+        raise CxrclfError(f"class {', '.join(empty)} has no training images; the {scheme.name} scheme needs images of every class "
+                          "(choose a scheme with fewer classes, or add data)", setup.root)
+    if options.select_by is SelectBy.auc and len(np.unique(sets["val"].labels)) < 2:
+        raise CxrclfError("selecting by AUC needs at least two classes in the validation split (its AUC is undefined); select by loss", setup.root)
+    constants = {scheme.classes.index(k): v for k, v in options.class_constants.items()}
+    weights = imbalance.class_weights(sets["train"].labels, scheme.num_classes, constants) if options.strategy is Strategy.weighted else None
+    return _Data(sets["train"], sets["val"], counts, weights)
+
+
+def _build_model(setup: _Setup):
+    from cxrclf.models.zoo import create_model
+
+    options = setup.options
+    torch.manual_seed(options.seed)
+    np.random.seed(options.seed % (2**32))
+    return create_model(options.model, setup.scheme.num_classes, pretrained=options.pretrained, weights=options.weights,
+                        trainable_blocks=options.trainable_blocks, dropout=options.dropout, in_chans=setup.params.channels,
+                        image_size=options.image_size)
 
 
 def _versions() -> dict[str, str]:
@@ -211,216 +309,212 @@ def _versions() -> dict[str, str]:
     return {"cxrclf": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _metrics_csv(history: list[dict]) -> str:
-    buffer = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    return buffer.getvalue()
+def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
+    options, scheme = setup.options, setup.scheme
+    return RunConfig(
+        model=ModelSpec(name=options.model, class_names=tuple(scheme.classes), input_size=bundle.input_size, in_chans=bundle.in_chans,
+                        mean=tuple(bundle.mean), std=tuple(bundle.std), dropout=options.dropout, trainable_blocks=options.trainable_blocks,
+                        pretrained_source=bundle.pretrained_source),
+        preprocess=setup.params,
+        data=DataSpec(folder=str(Path(options.data).resolve()), manifest_sha256=io.sha256_file(setup.root / "manifest.csv"), fold=options.fold,
+                      exclude_sources=tuple(options.exclude_sources)),
+        training=TrainingSpec(strategy=options.strategy, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience,
+                              seed=options.seed, pretrained=options.pretrained, weights=None if options.weights is None else str(options.weights),
+                              select_by=options.select_by, class_constants=dict(options.class_constants)),
+        execution=Execution(device=options.device.value, threads=options.threads, tensorboard=options.tensorboard, versions=_versions()),
+        outcome=Outcome(train_class_counts={c: int(n) for c, n in zip(scheme.classes, data.counts)},
+                        class_weights=None if data.weights is None else {c: float(w) for c, w in zip(scheme.classes, data.weights)}),
+        status=TRAINING,
+    )
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse what the options do not allow, before anything is written; True when resuming."""
-    if resume:
-        if not (out / runfolder.CHECKPOINT).is_file():
-            raise CxrclfError("nothing to resume: no checkpoint.pt in the run folder", out)
-        return True
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CxrclfError("run folder exists (pass --resume to continue it or --overwrite to replace it)", out)
-    return False
-
-
-def _make_out(out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-
-def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None] | None = None, on_epoch: Callable[[dict], None] | None = None, on_info: Callable[[str], None] | None = None) -> dict:
-    """Train one run; returns its summary (also in config.json). Callbacks feed the display."""
-    from safetensors.torch import save_file
-
-    from cxrclf.models.zoo import create_model
-
-    options.validate()
-    info = on_info or (lambda message: None)
-    scheme = SCHEMES[options.classes]
-    device = _device(options.device)
-    dist_info = _distributed(device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    frame, root = read_preprocessed(options.data)
-    params = read_params(root / "preprocess.json")
-    if options.fold is not None and not 0 <= options.fold <= int(frame["fold"].max()):
-        raise CxrclfError(f"--fold {options.fold} does not exist; the manifest has folds 0..{int(frame['fold'].max())}", root)
-    out = Path(options.out or options.default_out())
-    # rank 0 alone judges the folder: other ranks would race with its writing
-    resuming = _check_out(out, options.resume, options.overwrite) if dist_info.writer else options.resume
-
-    torch.manual_seed(options.seed)
-    np.random.seed(options.seed % (2**32))
-    bundle = create_model(options.model, scheme.num_classes, pretrained=options.pretrained, weights=options.weights,
-                          trainable_blocks=options.trainable_blocks, dropout=options.dropout, in_chans=params.channels,
-                          image_size=options.image_size)
-    info(f"model {options.model}: {bundle.trainable_parameters:,} of {bundle.total_parameters:,} parameters trainable; weights: {bundle.pretrained_source}")
-
-    splits = {}
-    for name in ("train", "val"):
-        rows = select(frame, name, options.fold)
-        rows = rows[rows["finding"].isin(list(scheme.finding_to_class))]
-        if rows.empty:
-            raise CxrclfError(f"the {name} split is empty" + (f" for fold {options.fold}" if options.fold is not None else ""), root)
-        splits[name] = load_images(rows, root, scheme, bundle.input_size)
-    train_set, val_set = splits["train"], splits["val"]
-    if options.select_by == "auc" and len(np.unique(val_set.labels)) < 2:
-        raise CxrclfError("--select-by auc needs at least two classes in the validation split (its AUC is undefined); use --select-by loss", root)
-    counts = imbalance.class_counts(train_set.labels, scheme.num_classes)
-    constants = {scheme.classes.index(k): v for k, v in options.class_constants.items()}
-    weights = imbalance.class_weights(train_set.labels, scheme.num_classes, constants) if options.strategy == "weighted" else None
-    if options.strategy == "weighted":
-        info("class weights (Eq. 1): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(scheme.classes, weights)))
-    else:
-        info("oversampling every epoch to " + ", ".join(f"{c} {counts.max()} (from {n})" for c, n in zip(scheme.classes, counts)))
-    info(f"train {len(train_set)} images, val {len(val_set)} images, input {bundle.input_size}px, device {device}" + (f", {dist_info.world} processes" if dist_info.world > 1 else ""))
-
-    trainer = Trainer(bundle.model, options.lr, weights, device, dist_info)
-    train_batches = Batches(train_set, bundle.in_chans, bundle.mean, bundle.std, device)
-    val_batches = Batches(val_set, bundle.in_chans, bundle.mean, bundle.std, device)
-
-    config = {
-        "format_version": runfolder.FORMAT_VERSION,
-        "model": options.model,
-        "scenario": runfolder.scenario_code(options.strategy, options.classes),
-        "label_scheme": scheme.name,
-        "classes": options.classes,
-        "class_names": list(scheme.classes),
-        "input_size": bundle.input_size,
-        "in_chans": bundle.in_chans,
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
-        "dropout": options.dropout,
-        "trainable_blocks": options.trainable_blocks,
-        "pretrained_source": bundle.pretrained_source,
-        "preprocess": params.to_dict(),
-        "data": {"folder": str(Path(options.data).resolve()), "manifest_sha256": _sha256(root / "manifest.csv"), "fold": options.fold},
-        "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k not in ("resume", "overwrite", "out", "update_latest")},
-        "train_class_counts": {c: int(n) for c, n in zip(scheme.classes, counts)},
-        "class_weights": None if weights is None else {c: float(w) for c, w in zip(scheme.classes, weights)},
-        "versions": _versions(),
-    }
-
-    state = {"epoch": 0, "best_score": math.inf, "best_loss": math.inf, "best_epoch": -1, "wait": 0, "history": []}
-    if resuming:
-        # on the CPU first: the RNG states must stay CPU tensors; load_state_dict moves the rest
-        checkpoint = torch.load(out / runfolder.CHECKPOINT, map_location="cpu", weights_only=True)
-        previous = runfolder.read_config(out)
-        if previous.get("data", {}).get("manifest_sha256") != config["data"]["manifest_sha256"] or previous.get("preprocess") != config["preprocess"]:
-            raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite", root)
-        volatile = ("device", "threads", "tensorboard", "epochs", "patience")  # a resumed run may be given more epochs
-        same = {k: v for k, v in previous.get("train", {}).items() if k not in volatile} == {k: v for k, v in config["train"].items() if k not in volatile}
-        if not same or previous["model"] != config["model"]:
-            raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", out)
+def _restore(run: RunFolder, trainer: Trainer, config: RunConfig, setup: _Setup) -> _Progress:
+    """The checkpoint's weights, optimiser, RNG and progress, after checking it is the same run."""
+    previous = run.read_config()
+    if previous.data.manifest_sha256 != config.data.manifest_sha256 or previous.preprocess != config.preprocess or previous.data != config.data:
+        raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite", setup.root)
+    # a resumed run may be given more epochs or patience
+    if replace(previous.training, epochs=0, patience=0) != replace(config.training, epochs=0, patience=0) or previous.model != config.model:
+        raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", run.path)
+    checkpoint = run.load_checkpoint()
+    try:
         trainer.module.load_state_dict(checkpoint["model"])
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in checkpoint:
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
-        state = json.loads(checkpoint["state"])
-        info(f"resuming {out} after epoch {state['epoch']}")
-    if dist_info.writer:
-        if not resuming:
-            _make_out(out)  # only now: a run that fails while starting leaves no folder behind
-        atomic.write_text(out / runfolder.CONFIG, json.dumps(config | {"status": "training"}, indent=2) + "\n")
-    log = (lambda line: open(out / runfolder.LOG, "a").write(line + "\n")) if dist_info.writer else (lambda line: None)
-    log(f"{'resumed' if resuming else 'started'} {options.model} {config['scenario']} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-    board = _tensorboard(out) if options.tensorboard and dist_info.writer else None
+        if setup.device.type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], setup.device)
+        return _Progress(**json.loads(checkpoint["state"]))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CxrclfError(f"checkpoint.pt does not fit this run ({exc.__class__.__name__}); start again with --overwrite", run.file(RunFolder.CHECKPOINT)) from exc
 
-    for epoch in range(state["epoch"], options.epochs):
-        if state["wait"] >= options.patience:
-            break
-        rng = np.random.default_rng([options.seed, epoch])
-        generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
-        if options.strategy == "oversample":
-            order, augment = imbalance.oversample_epoch(train_set.labels, scheme.num_classes, rng)
-        else:
-            order, augment = imbalance.plain_epoch(len(train_set), rng)
-        if dist_info.world > 1:
-            padded = -len(order) % dist_info.world
-            order, augment = np.concatenate([order, order[:padded]]), np.concatenate([augment, augment[:padded]])
-            order, augment = order[dist_info.rank::dist_info.world], augment[dist_info.rank::dist_info.world]
-        started = time.perf_counter()
-        step_callback = None
-        if on_step:
-            step_callback = lambda done, total: on_step(epoch, done, total, done / max(time.perf_counter() - started, 1e-9))  # noqa: E731
-        train_loss = trainer.fit_epoch(train_batches, order, augment, options.batch_size, generator, step_callback)
-        seconds = time.perf_counter() - started
-        probabilities, val_loss = trainer.predict(val_batches, len(val_set), max(options.batch_size, 32))
-        measured = epoch_metrics(val_set.labels, probabilities)
-        row = {
-            "epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-            "val_accuracy": round(measured["accuracy"], 6), "val_auc": round(measured["auc"], 6) if not math.isnan(measured["auc"]) else "",
-            **{f"val_recall_{c}": (round(r, 6) if not math.isnan(r) else "") for c, r in zip(scheme.classes, measured["recall"])},
-            "images_per_s": round(len(order) * dist_info.world / seconds, 2), "seconds": round(seconds, 2),
-        }
-        score = val_loss if options.select_by == "loss" else -(measured["auc"] if not math.isnan(measured["auc"]) else -math.inf)
-        improved = score < state["best_score"] - 1e-9
-        if improved:
-            state.update(best_score=score, best_epoch=epoch + 1)
-            if dist_info.writer:
-                save_file({k: v.detach().contiguous().cpu() for k, v in trainer.module.state_dict().items()}, str(out / f".{runfolder.WEIGHTS}.tmp"))
-                os.replace(out / f".{runfolder.WEIGHTS}.tmp", out / runfolder.WEIGHTS)
-        if val_loss < state["best_loss"] - 1e-9:
-            state.update(best_loss=val_loss, wait=0)
-        else:
-            state["wait"] += 1
-        row["best"] = int(improved)
-        state["history"].append(row)
-        state["epoch"] = epoch + 1
-        if dist_info.writer:
-            atomic.write_text(out / runfolder.METRICS, _metrics_csv(state["history"]))
-            _save_checkpoint(out, trainer, state)
-            log(" ".join(f"{k}={v}" for k, v in row.items()))
-            if board:
-                for key, value in row.items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        board.add_scalar(key, value, epoch + 1)
-        if on_epoch:
-            on_epoch(row)
 
-    summary = config | {
-        "status": "finished",
-        "epochs_run": state["epoch"],
-        "stopped_early": state["epoch"] < options.epochs,
-        "best_epoch": state["best_epoch"],
-        "select_by": options.select_by,
-        "best": next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), None),
+def _save_checkpoint(run: RunFolder, trainer: Trainer, progress: _Progress) -> None:
+    document = {"model": trainer.module.state_dict(), "optimizer": trainer.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "state": json.dumps(asdict(progress))}
+    if trainer.device.type == "cuda":
+        document["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)  # dropout draws from it on a GPU
+    run.save_checkpoint(document)
+
+
+def _epoch_order(options: TrainOptions, labels: np.ndarray, num_classes: int, epoch: int, dist_info: Distributed) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([options.seed, epoch])
+    if options.strategy is Strategy.oversample:
+        order, augment = imbalance.oversample_epoch(labels, num_classes, rng)
+    else:
+        order, augment = imbalance.plain_epoch(len(labels), rng)
+    if dist_info.world > 1:
+        padded = -len(order) % dist_info.world
+        order, augment = np.concatenate([order, order[:padded]]), np.concatenate([augment, augment[:padded]])
+        order, augment = order[dist_info.rank::dist_info.world], augment[dist_info.rank::dist_info.world]
+    return order, augment
+
+
+def _epoch_row(epoch: int, train_loss: float, val_loss: float, measured: dict, classes, images: int, seconds: float) -> dict:
+    finite = lambda value: round(value, 6) if not math.isnan(value) else ""  # noqa: E731
+    return {
+        "epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+        "val_accuracy": round(measured["accuracy"], 6), "val_auc": finite(measured["auc"]),
+        **{f"val_recall_{c}": finite(r) for c, r in zip(classes, measured["recall"])},
+        "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 2),
     }
-    if dist_info.writer:
-        atomic.write_text(out / runfolder.CONFIG, json.dumps(summary, indent=2) + "\n")
-        log(f"finished: best epoch {state['best_epoch']} of {state['epoch']}")
+
+
+def _judge(progress: _Progress, options: TrainOptions, val_loss: float, val_auc: float) -> bool:
+    """Early stopping and model selection; True when this epoch is the best so far."""
+    score = val_loss if options.select_by is SelectBy.loss else -(val_auc if not math.isnan(val_auc) else -math.inf)
+    improved = score < progress.best_score - 1e-9
+    if improved:
+        progress.best_score = score
+    if val_loss < progress.best_loss - 1e-9:
+        progress.best_loss, progress.wait = val_loss, 0
+    else:
+        progress.wait += 1
+    return improved
+
+
+def _fit(setup: _Setup, run: RunFolder, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], progress: _Progress,
+         on_step, on_epoch, log: Callable[[str], None]) -> _Progress:
+    options, dist_info = setup.options, setup.dist
+    board = _tensorboard(run.path) if options.tensorboard and dist_info.writer else None
+    try:
+        for epoch in range(progress.epoch, options.epochs):
+            if progress.wait >= options.patience:
+                break
+            order, augment = _epoch_order(options, data.train.labels, setup.scheme.num_classes, epoch, dist_info)
+            generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+            started = time.perf_counter()
+            step_callback = None
+            if on_step:
+                step_callback = lambda done, total: on_step(epoch, done, total, done / max(time.perf_counter() - started, 1e-9))  # noqa: E731
+            train_loss = trainer.fit_epoch(batches[0], order, augment, options.batch_size, generator, step_callback)
+            seconds = time.perf_counter() - started
+            probabilities, val_loss = trainer.predict(batches[1], len(data.val), max(options.batch_size, 32))
+            measured = epoch_metrics(data.val.labels, probabilities)
+            row = _epoch_row(epoch, train_loss, val_loss, measured, setup.scheme.classes, len(order) * dist_info.world, seconds)
+            improved = _judge(progress, options, val_loss, measured["auc"])
+            if improved:
+                progress.best_epoch = epoch + 1
+                if dist_info.writer:
+                    run.save_weights(trainer.module.state_dict())
+            row["best"] = int(improved)
+            progress.history.append(row)
+            progress.epoch = epoch + 1
+            if dist_info.writer:
+                run.write_metrics(progress.history)
+                _save_checkpoint(run, trainer, progress)
+                log(" ".join(f"{k}={v}" for k, v in row.items()))
+                if board:
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            board.add_scalar(key, value, epoch + 1)
+            if on_epoch:
+                on_epoch(row)
+    finally:
         if board:
             board.close()
-        if state["best_epoch"] < 1:
-            raise CxrclfError("no epoch gave a finite validation score, so no weights were kept; check the validation split", out)
-        if options.update_latest:
-            runfolder.update_latest(out)
-    if dist_info.world > 1:
+    return progress
+
+
+@contextlib.contextmanager
+def _run_folder(setup: _Setup) -> Iterator[RunFolder]:
+    """The folder training writes into, locked: the run itself, or a stage beside it when replacing one."""
+    out = setup.out
+    if not setup.dist.writer:
+        yield RunFolder(out)
+        return
+    with io.folder_lock(out):
+        io.remove_stale_partials(out)
+        if setup.replacing:
+            stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+            try:
+                yield RunFolder(stage)
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            io.mark(stage, "run")
+            io.swap_into_place(stage, out, replace=True)
+        else:
+            if not setup.resuming:
+                out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while starting leaves no folder behind
+                io.mark(out, "run")
+            yield RunFolder(out)
+
+
+def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+          on_info: Callable[[str], None] | None = None) -> dict:
+    """Train one run; returns its config as a dict (also in config.json) and ``run``. Callbacks feed the display."""
+    info = on_info or (lambda message: None)
+    setup = _prepare(options)
+    options = setup.options
+    bundle = _build_model(setup)
+    info(f"model {options.model}: {bundle.trainable_parameters:,} of {bundle.total_parameters:,} parameters trainable; weights: {bundle.pretrained_source}")
+    data = _load_data(setup, bundle.input_size)
+    scheme = setup.scheme
+    if options.strategy is Strategy.weighted:
+        info("class weights (Eq. 1): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(scheme.classes, data.weights)))
+    else:
+        info("oversampling every epoch to " + ", ".join(f"{c} {data.counts.max()} (from {n})" for c, n in zip(scheme.classes, data.counts)))
+    info(f"train {len(data.train)} images, val {len(data.val)} images, input {bundle.input_size}px, device {setup.device}"
+         + (f", {setup.dist.world} processes" if setup.dist.world > 1 else ""))
+    trainer = Trainer(bundle.model, options.lr, data.weights, setup.device, setup.dist)
+    batches = (Batches(data.train, bundle.in_chans, bundle.mean, bundle.std, setup.device), Batches(data.val, bundle.in_chans, bundle.mean, bundle.std, setup.device))
+    config = _describe(setup, bundle, data)
+
+    with _run_folder(setup) as run:
+        progress = _Progress()
+        if setup.resuming:
+            progress = _restore(run, trainer, config, setup)
+            info(f"resuming {run.path} after epoch {progress.epoch}")
+        writer = setup.dist.writer
+        if writer:
+            run.write_config(config)
+        log = run.append_log if writer else (lambda line: None)
+        log(f"{'resumed' if setup.resuming else 'started'} {options.model} {config.scenario} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+        progress = _fit(setup, run, trainer, data, batches, progress, on_step, on_epoch, log)
+        best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), None)
+        config = config.with_(status=FINISHED, outcome=replace(config.outcome, epochs_run=progress.epoch, stopped_early=progress.epoch < options.epochs,
+                                                               best_epoch=progress.best_epoch, best=best))
+        if writer:
+            if progress.best_epoch < 1:
+                raise CxrclfError("no epoch gave a finite validation score, so no weights were kept; check the validation split", setup.out)
+            config = _after_training(run, config, trainer, data, batches, info)
+            run.write_config(config)
+            log(f"finished: best epoch {progress.best_epoch} of {progress.epoch}")
+    if writer and options.update_latest and RunFolder(setup.out).update_latest() is None:
+        info(f"left {setup.out.resolve().parent / folders.LATEST} alone: it is not a pointer cxrclf made")
+    if setup.dist.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
-    summary["run"] = str(out)
-    return summary
+    return config.to_dict() | {"run": str(setup.out)}
 
 
-def _save_checkpoint(out: Path, trainer: Trainer, state: dict) -> None:
-    buffer = io.BytesIO()
-    document = {"model": trainer.module.state_dict(), "optimizer": trainer.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}
-    if trainer.device.type == "cuda":
-        document["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)  # dropout draws from it on a GPU
-    torch.save(document, buffer)
-    atomic.write_bytes(out / runfolder.CHECKPOINT, buffer.getvalue())
+def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches, info) -> RunConfig:
+    """Steps that need the finished model (the best weights): none yet beyond the config."""
+    return config
 
 
 def _tensorboard(out: Path):
@@ -434,17 +528,23 @@ def cross_validate(options: TrainOptions, folds: int | None = None, **callbacks)
     frame, root = read_preprocessed(options.data)
     count = folds or int(frame["fold"].max()) + 1
     base = Path(options.out or options.default_out())
+    if not options.resume:
+        io.check_output_path(base, options.overwrite, [root, options.weights], kinds=("cv",))
     if base.exists() and any(base.iterdir()) and not (options.overwrite or options.resume):
         raise CxrclfError("run folder exists (pass --resume to continue it or --overwrite to replace it)", base)
+    if int(os.environ.get("RANK", "0")) == 0:
+        base.mkdir(parents=True, exist_ok=True)
+        io.mark(base, "cv")
     results = []
     for fold in range(count):
         fold_out = base / f"fold-{fold}"
         fold_options = TrainOptions(**{**asdict(options), "fold": fold, "out": fold_out, "update_latest": False,
-                                       "resume": options.resume and (fold_out / runfolder.CHECKPOINT).is_file()})
+                                       "resume": options.resume and (fold_out / RunFolder.CHECKPOINT).is_file()})
         results.append(train(fold_options, **callbacks))
     keys = ["val_loss", "val_accuracy", "val_auc"]
-    table = {k: [float(r["best"][k]) for r in results if r["best"] and r["best"][k] != ""] for k in keys}
+    bests = [r["outcome"]["best"] for r in results]
+    table = {k: [float(b[k]) for b in bests if b and b[k] != ""] for k in keys}
     summary = {"folds": count, "runs": [r["run"] for r in results], **{k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v} for k, v in table.items() if v}}
     if int(os.environ.get("RANK", "0")) == 0:
-        atomic.write_text(base / "cv_summary.json", json.dumps(summary, indent=2) + "\n")
+        io.write_json(base / "cv_summary.json", summary)
     return summary

@@ -101,8 +101,15 @@ def test_existing_output_is_refused_and_untouched(run_cli, synthetic_sources, tm
     assert result.exit_code == 2
     assert "--overwrite" in result.stderr and str(out) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert run_cli(*_fuse_args(synthetic_sources, out, "--overwrite")).exit_code == 0
-    assert (out / "manifest.csv").exists() and not (out / "keep.txt").exists()
+    # --overwrite replaces only a folder cxrclf made: the user's folder stays as it was
+    refused = run_cli(*_fuse_args(synthetic_sources, out, "--overwrite"))
+    assert refused.exit_code == 2 and "not made by cxrclf" in refused.stderr and [p.name for p in out.iterdir()] == ["keep.txt"]
+    other = tmp_path / "fused2"
+    assert run_cli(*_fuse_args(synthetic_sources, other)).exit_code == 0
+    first = (other / "manifest.csv").read_bytes()
+    assert run_cli(*_fuse_args(synthetic_sources, other, "--overwrite")).exit_code == 0
+    assert (other / "manifest.csv").read_bytes() == first and (other / ".cxrclf").read_text() == "fused\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused", "fused2"]  # no lock, stage or trash left beside
 
 
 def test_missing_folder_is_one_line_exit_2_and_writes_nothing(run_cli, synthetic_sources, tmp_path):

@@ -108,6 +108,21 @@ def test_nlm_folder_or_parent(tmp_path, depth):
     assert all(r.sex and r.age for r in both.records if r.source == "shenzhen")
 
 
+def test_nlm_lung_masks_are_counted_not_read_as_xrays(tmp_path):
+    # the official downloads: Montgomery ManualMask/{left,right}Mask/ under the X-ray's own
+    # name, Shenzhen mask/CHNCXR_dddd_L_mask.png
+    rng = np.random.default_rng(1)
+    synthetic.write_nlm(tmp_path / "mont", {"normal": 2, "tuberculosis": 3}, rng, size=32, set_name="montgomery")
+    synthetic.write_nlm(tmp_path / "shen", {"normal": 1, "tuberculosis": 1}, rng, size=32, set_name="shenzhen")
+    assert len(list((tmp_path / "mont").rglob("MCUCXR_*.png"))) == 15  # 5 X-rays, 10 masks of the same names
+    rows = nlm.read(tmp_path)
+    assert Counter(r.source for r in rows.records) == {"montgomery": 5, "shenzhen": 2}
+    assert all("CXR_png" in r.source_file for r in rows.records)
+    assert rows.lung_masks == {"montgomery": {"left": 5, "right": 5}, "shenzhen": {"both": 2}}
+    with pytest.raises(CxrclfError, match="no MCUCXR"):  # pointed at a mask folder: no X-rays there
+        nlm.read(tmp_path / "mont" / "MontgomerySet" / "ManualMask" / "leftMask")
+
+
 def test_nlm_empty_folder(tmp_path):
     with pytest.raises(CxrclfError, match="no MCUCXR"):
         nlm.read(tmp_path)

@@ -59,13 +59,13 @@ def test_external_fused_folder_is_preprocessed_like_training(trained_run, prepro
 
 
 def test_scenario_table(run_cli, trained_run, tmp_path):
-    result = run_cli("evaluate", trained_run, trained_run, "--table", "--bootstrap", "50", "--out", tmp_path)
+    result = run_cli("evaluate", trained_run, trained_run, "--table", "--bootstrap", "50", "--out", tmp_path, "--overwrite")
     assert result.exit_code == 0, result.stderr
     assert "| model | scenario | accuracy | precision | recall | auc | specificity | f1 |" in result.stdout
     assert result.stdout.count("| RM3 |") == 2
     table = pd.read_csv(tmp_path / "scenario_table.csv")
     assert list(table.scenario) == ["RM3", "RM3"] and table.best.sum() == 1
-    csv_result = run_cli("evaluate", trained_run, "--table", "--format", "csv", "--bootstrap", "0")
+    csv_result = run_cli("evaluate", trained_run, "--table", "--format", "csv", "--bootstrap", "0", "--overwrite")
     assert csv_result.stdout.startswith("model,scenario,run,accuracy")
 
 
@@ -110,4 +110,6 @@ def test_changed_training_data_and_foreign_out_folder_are_refused(run_cli, train
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     refused = run_cli("evaluate", trained_run, "--out", mine, "--bootstrap", "0")
-    assert refused.exit_code == 2 and "not an earlier evaluation" in refused.stderr and (mine / "notes.txt").exists()
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr and (mine / "notes.txt").exists()
+    refused = run_cli("evaluate", trained_run, "--out", mine, "--bootstrap", "0", "--overwrite")
+    assert refused.exit_code == 2 and "not made by cxrclf" in refused.stderr and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -34,8 +34,11 @@ def test_exact_counts_after_filtering(fused):
         "shenzhen": {"normal": 31, "covid19": 0, "other_pneumonia": 0, "tuberculosis": 22, "total": 53},
     }
     assert report["excluded"]["by_source"]["cohen"] == {"not an X-ray": 4, "unlabelled finding": 4, "view not recorded": 8, "view not requested": 24}
+    # Montgomery's ManualMask/leftMask and rightMask hold 67 masks each under the X-rays' names
+    assert report["lung_masks"] == {"montgomery": {"left": 67, "right": 67}}
     manifest = read_manifest(out)
     assert len(manifest) == 315 and manifest["sha256"].is_unique
+    assert manifest[manifest.source == "montgomery"]["source_file"].str.startswith("MontgomerySet/CXR_png/").all()
     # RSNA: 216 label rows for 173 images; one row per image survives
     assert manifest[manifest.source == "rsna"]["source_file"].is_unique
 

@@ -85,7 +85,7 @@ def test_preview_of_one_image_and_bad_input(run_cli, synthetic_sources, fused, t
     bad = run_cli("preprocess", tmp_path / "missing-folder")
     assert bad.exit_code == 2 and "run `cxrclf fuse` first" in bad.stderr
     wrong = run_cli("preprocess", dicom, "--out", tmp_path / "x.png", "--channels", "2")
-    assert wrong.exit_code == 2 and "--channels must be 1 or 3" in wrong.stderr and not (tmp_path / "x.png").exists()
+    assert wrong.exit_code == 2 and "channels must be 1 or 3" in wrong.stderr and not (tmp_path / "x.png").exists()
 
 
 def test_pad_keeps_aspect_and_sixteen_bit_large_input():

@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from cxrclf.labels import SCHEMES
 from cxrclf.train import loop as train_loop
-from cxrclf.train.data import load_images, read_preprocessed, select
+from cxrclf.data.manifest import select_split as select
+from cxrclf.train.data import load_images, read_preprocessed
 from cxrclf.train.loop import Batches, Distributed, Trainer
-from cxrclf.train.run import load_run
+from cxrclf.runs import RunFolder
 
 FAST = ["--model", "resnet-baseline", "--image-size", "48", "--batch-size", "16", "--lr", "2e-3", "--workers", "1"]
 
@@ -32,13 +33,13 @@ def test_small_model_learns(run_cli, preprocessed_synthetic, tmp_path):
     metrics = pd.read_csv(tmp_path / "runs" / "r" / "metrics.csv")
     assert len(metrics) == 8
     assert metrics.train_loss.iloc[-1] < 0.7 * metrics.train_loss.iloc[0]
-    model, config = load_run(tmp_path / "runs" / "r")
-    assert config["class_names"] == ["normal", "covid19", "other_pneumonia", "tuberculosis"] and config["scenario"] == "RM4"
-    assert config["preprocess"]["size"] == 64 and config["input_size"] == 48
+    model, config = RunFolder(tmp_path / "runs" / "r").load()
+    assert config.class_names == ["normal", "covid19", "other_pneumonia", "tuberculosis"] and config.scenario == "RM4"
+    assert config.preprocess.size == 64 and config.model.input_size == 48 and config.finished
     frame, root = read_preprocessed(preprocessed_synthetic)
     test = load_images(select(frame, "test"), root, SCHEMES[4], 48)
     trainer = Trainer(model, 1e-3, None, torch.device("cpu"), Distributed())
-    probabilities, _ = trainer.predict(Batches(test, config["in_chans"], config["mean"], config["std"], torch.device("cpu")), len(test), 32)
+    probabilities, _ = trainer.predict(Batches(test, config.model.in_chans, config.model.mean, config.model.std, torch.device("cpu")), len(test), 32)
     from sklearn.metrics import roc_auc_score
 
     auc = roc_auc_score(test.labels, probabilities, multi_class="ovr", average="macro")
@@ -59,10 +60,10 @@ def test_weighted_strategy_uses_eq1_and_never_sees_val_or_test(run_cli, preproce
     result = _train(run_cli, preprocessed_synthetic, tmp_path / "w", "--strategy", "weighted", "--classes", "3", "--epochs", "1", "--class-constant", "covid19=2")
     assert result.exit_code == 0, result.stderr
     config = json.loads((tmp_path / "w" / "config.json").read_text())
-    counts = config["train_class_counts"]
+    counts = config["outcome"]["train_class_counts"]
     total = sum(counts.values())
     expected = {c: (2.0 if c == "covid19" else 1.0) * total / (3 * n) for c, n in counts.items()}
-    assert config["class_weights"] == pytest.approx(expected)
+    assert config["outcome"]["class_weights"] == pytest.approx(expected)
     frame, _ = read_preprocessed(preprocessed_synthetic)
     assert sum(counts.values()) == (frame.split == "train").sum()
     assert len(seen) == 1 and sorted(seen[0].tolist()) == list(range(total))  # indices into the train split only

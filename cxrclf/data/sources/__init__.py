@@ -37,10 +37,15 @@ class Exclusion:
 class SourceRows:
     records: list[SourceRecord] = field(default_factory=list)
     exclusions: list[Exclusion] = field(default_factory=list)
+    lung_masks: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> side -> masks found (not read as X-rays)
 
     def extend(self, other: "SourceRows") -> None:
         self.records.extend(other.records)
         self.exclusions.extend(other.exclusions)
+        for source, sides in other.lung_masks.items():
+            for side, count in sides.items():
+                self.lung_masks.setdefault(source, {}).setdefault(side, 0)
+                self.lung_masks[source][side] += count
 
 
 def require_folder(path: Path, what: str) -> Path:

@@ -4,6 +4,11 @@ The label is the last digit of the file name (1 tuberculosis, 0 normal). The fol
 may be the set's ``CXR_png``, the set's folder, or any parent of it (both sets may share a
 parent). Sex and age come from ``ClinicalReadings/*.txt`` or ``shenzhen_metadata.csv``.
 All NLM images are posteroanterior.
+
+The official downloads also hold lung masks under the same file names
+(Montgomery ``ManualMask/leftMask/MCUCXR_dddd_L.png`` and ``rightMask/``; Shenzhen's
+published ``mask/CHNCXR_dddd_L_mask.png``). They are never read as X-rays: they are counted
+and reported (``SourceRows.lung_masks``, shown in ``fuse_report.json``).
 """
 
 from __future__ import annotations
@@ -17,8 +22,26 @@ from cxrclf.errors import CxrclfError
 from cxrclf.labels import NORMAL, TUBERCULOSIS
 
 PATTERN = re.compile(r"^(MCUCXR|CHNCXR)_(\d+)_([0-9])\.png$", re.IGNORECASE)
+MASK_PATTERN = re.compile(r"^(MCUCXR|CHNCXR)_(\d+)_([0-9])(_mask)?\.png$", re.IGNORECASE)
 SOURCES = {"MCUCXR": "montgomery", "CHNCXR": "shenzhen"}
 VIEW = "PA"
+# folder names that hold lung masks in the official layouts (compared in lower case)
+MASK_FOLDERS = {"manualmask": "both", "leftmask": "left", "rightmask": "right", "mask": "both", "masks": "both"}
+
+
+def mask_side(path: Path, root: Path) -> str | None:
+    """``left``, ``right`` or ``both`` when ``path`` is a lung mask of the NLM layouts, else ``None``.
+
+    Judged by the folders between ``root`` and the file (and ``root``'s own name, for a user
+    who points at a mask folder) and by Shenzhen's ``_mask`` suffix.
+    """
+    folders = [part.lower() for part in path.relative_to(root).parts[:-1]] + [root.name.lower()]
+    sides = [MASK_FOLDERS[name] for name in folders if name in MASK_FOLDERS]
+    if path.stem.lower().endswith("_mask"):
+        sides.append("both")
+    if not sides:
+        return None
+    return next((side for side in sides if side != "both"), "both")
 
 
 def _clinical_reading(image: Path) -> tuple[str, str]:
@@ -50,12 +73,21 @@ def _metadata_tables(root: Path) -> dict[str, tuple[str, str]]:
 
 def read(folder: Path, views: tuple[str, ...] = ("PA",)) -> SourceRows:
     folder = require_folder(folder, "NLM")
-    images = sorted(p for p in folder.rglob("*.png") if PATTERN.match(p.name))
+    images, masks = [], {}
+    for path in sorted(p for p in folder.rglob("*.png") if MASK_PATTERN.match(p.name)):
+        side = mask_side(path, folder)
+        if side is None:
+            if PATTERN.match(path.name):
+                images.append(path)
+            continue
+        source = SOURCES[MASK_PATTERN.match(path.name).group(1).upper()]
+        masks.setdefault(source, {}).setdefault(side, 0)
+        masks[source][side] += 1
     if not images:
         raise CxrclfError("no MCUCXR_dddd_L.png or CHNCXR_dddd_L.png images found (expected an NLM set folder or its parent)", folder)
     tables = _metadata_tables(folder)
     keep_view = VIEW in {v.strip().upper() for v in views}
-    out = SourceRows()
+    out = SourceRows(lung_masks=masks)
     for path in images:
         match = PATTERN.match(path.name)
         prefix, number, digit = match.group(1).upper(), match.group(2), match.group(3)

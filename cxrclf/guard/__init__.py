@@ -1,0 +1,55 @@
+"""The out-of-distribution guard: warn when an image is unlike anything the model was trained on.
+
+A classifier answers every question it is asked: a photograph, a CT slice, noise or an
+X-ray from an unseen hospital all come out as one of its classes, often confidently. The
+guard adds two layers of doubt, cheapest first.
+
+1. Rules before the model (:mod:`cxrclf.guard.checks`): the DICOM header and the pixels
+   show some cases for certain -- another modality (CT, MR, ultrasound), a lateral or
+   oblique view, another body part, several frames, a colour photograph, a blank or binary
+   image, an extreme aspect ratio. :func:`input_warnings` returns readable reasons; it
+   needs no model.
+2. A learned score after the model (:mod:`cxrclf.guard.detector`): fitted on the training
+   images' pooled backbone features at the end of training, a class-conditional Gaussian
+   (:class:`GaussianDetector`) scores how far an image's features lie from every class;
+   :class:`EnergyDetector` reads the same from the logits and needs no fit. The threshold
+   is a quantile of the validation images' scores (0.95: about 5 % false alarms on images
+   like the training ones). :mod:`cxrclf.guard.features` gives the logits and features
+   of a batch from one forward pass.
+
+The rules never change a prediction and the score only flags it: both are warnings for
+the user, not a second classifier.
+
+Importing this package does not import torch; :mod:`cxrclf.guard.features` does.
+"""
+
+from cxrclf.guard.checks import input_warnings
+from cxrclf.guard.detector import (
+    DEFAULT_QUANTILE,
+    Detector,
+    EnergyDetector,
+    GaussianDetector,
+    load_detector,
+    threshold_from,
+)
+
+__all__ = [
+    "DEFAULT_QUANTILE",
+    "Detector",
+    "EnergyDetector",
+    "GaussianDetector",
+    "input_warnings",
+    "load_detector",
+    "logits_and_features",
+    "pooled_features",
+    "threshold_from",
+]
+
+
+def __getattr__(name: str):
+    # torch is heavy (principle 4, fast start): load the feature functions on first use
+    if name in ("pooled_features", "logits_and_features"):
+        from cxrclf.guard import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module 'cxrclf.guard' has no attribute {name!r}")

@@ -1,0 +1,479 @@
+"""A trained run as a value: :class:`RunConfig` (what it is) and :class:`RunFolder` (where it lives).
+
+``RunConfig`` is frozen and typed, read from and written to ``config.json``, and validated on
+load: a damaged or hand-edited file gives one line naming the field, never a traceback or a
+silent default. It separates what *defines* a run (model, labels, preprocessing, data,
+training recipe) from how it was *executed* (device, threads, versions) and what came *out*
+(epochs run, best epoch, class counts).
+
+``RunFolder`` knows the folder's files::
+
+    config.json        the RunConfig
+    model.safetensors  the best weights (no pickle)
+    metrics.csv        one row per epoch;   train.log  the human log
+    checkpoint.pt      the resume state (tensors and plain values; read with weights_only)
+    guard.safetensors  the out-of-distribution detector, where the run has one
+
+Training writes runs; inference, evaluation, explanation and the benchmarks read them
+through this module, which imports nothing from ``cxrclf.train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from cxrclf import folders, io
+from cxrclf.choices import SelectBy, Strategy, parse
+from cxrclf.errors import CxrclfError
+from cxrclf.labels import SCHEMES
+from cxrclf.preprocess.params import PreprocessParams
+
+__all__ = ["DataSpec", "Execution", "ModelSpec", "Outcome", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
+
+FORMAT_VERSION = 2
+FINISHED, TRAINING = "finished", "training"
+MAX_INPUT_SIZE = 2048
+
+
+def scenario_code(strategy: Strategy | str, classes: int) -> str:
+    """The paper's scenario names: C (class weights) or R (random oversampling) + B/M3/M4."""
+    return ("C" if str(strategy) == Strategy.weighted.value else "R") + {2: "B", 3: "M3", 4: "M4"}[classes]
+
+
+# ----------------------------------------------------------------------------- validation
+
+class _Fields:
+    """Typed reads from one JSON object, each failure one line naming the field."""
+
+    def __init__(self, document: Any, prefix: str, source: Path | None):
+        if not isinstance(document, dict):
+            raise CxrclfError(f"{prefix or 'config'} must be a JSON object, not {type(document).__name__}", source)
+        self.document, self.prefix, self.source = document, prefix, source
+
+    def _fail(self, key: str, expected: str) -> CxrclfError:
+        value = self.document.get(key, "<missing>")
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        return CxrclfError(f"field {self.prefix}{key} must be {expected}, not {shown}", self.source)
+
+    def has(self, key: str) -> bool:
+        return key in self.document and self.document[key] is not None
+
+    def int(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        value = self.document.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._fail(key, f"an integer from {low} to {high}")
+        return value
+
+    def optional_int(self, key: str, low: int, high: int) -> int | None:
+        return self.int(key, low, high) if self.has(key) else None
+
+    def float(self, key: str, low: float, high: float, default: float | None = None) -> float:
+        value = self.document.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+            raise self._fail(key, f"a number from {low:g} to {high:g}")
+        return float(value)
+
+    def str(self, key: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
+        value = self.document.get(key, default)
+        if not isinstance(value, str) or (choices and value not in choices):
+            raise self._fail(key, f"one of {', '.join(choices)}" if choices else "a string")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        return self.str(key) if self.has(key) else None
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        value = self.document.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false")
+        return value
+
+    def numbers(self, key: str, count: tuple[int, ...], low: float, high: float) -> tuple[float, ...]:
+        value = self.document.get(key)
+        if (not isinstance(value, list) or len(value) not in count
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high for v in value)):
+            raise self._fail(key, f"a list of {' or '.join(map(str, count))} numbers from {low:g} to {high:g}")
+        return tuple(float(v) for v in value)
+
+    def strings(self, key: str, default: list | None = None) -> tuple[str, ...]:
+        value = self.document.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, "a list of strings")
+        return tuple(value)
+
+    def mapping(self, key: str, default: dict | None = None) -> dict:
+        value = self.document.get(key, default)
+        if not isinstance(value, dict):
+            raise self._fail(key, "a JSON object")
+        return value
+
+    def child(self, key: str) -> "_Fields":
+        if not isinstance(self.document.get(key), dict):
+            raise self._fail(key, "a JSON object")
+        return _Fields(self.document[key], f"{self.prefix}{key}.", self.source)
+
+
+# ----------------------------------------------------------------------------- the config
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network and what it expects: enough to rebuild it and feed it."""
+    name: str
+    class_names: tuple[str, ...]
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dropout: float = 0.5
+    trainable_blocks: int | str = 4
+    pretrained_source: str = ""
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "ModelSpec":
+        class_names = f.strings("class_names")
+        schemes = {tuple(s.classes): k for k, s in SCHEMES.items()}
+        if class_names not in schemes:
+            raise f._fail("class_names", "the classes of a label scheme (" + "; ".join(", ".join(s.classes) for s in SCHEMES.values()) + ")")
+        in_chans = f.int("in_chans", 1, 3)
+        if in_chans == 2:
+            raise f._fail("in_chans", "1 or 3")
+        blocks = f.document.get("trainable_blocks", 4)
+        if blocks != "all" and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0):
+            raise f._fail("trainable_blocks", "a number of blocks or 'all'")
+        return cls(
+            name=f.str("name"), class_names=class_names, input_size=f.int("input_size", 16, MAX_INPUT_SIZE), in_chans=in_chans,
+            mean=f.numbers("mean", (in_chans,), -10.0, 10.0), std=f.numbers("std", (in_chans,), 1e-6, 10.0),
+            dropout=f.float("dropout", 0.0, 0.999, 0.5), trainable_blocks=blocks, pretrained_source=f.str("pretrained_source", ""),
+        )
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The preprocessed folder a run learned from, pinned by its manifest's hash."""
+    folder: str
+    manifest_sha256: str = ""
+    fold: int | None = None
+    exclude_sources: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "DataSpec":
+        return cls(folder=f.str("folder"), manifest_sha256=f.str("manifest_sha256", ""), fold=f.optional_int("fold", 0, 1000),
+                   exclude_sources=f.strings("exclude_sources", []))
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The recipe: everything that changes the weights a run ends with."""
+    strategy: Strategy = Strategy.oversample
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-4
+    patience: int = 5
+    seed: int = 0
+    pretrained: bool = True
+    weights: str | None = None
+    select_by: SelectBy = SelectBy.loss
+    class_constants: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "TrainingSpec":
+        constants = f.mapping("class_constants", {})
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in constants.values()):
+            raise f._fail("class_constants", "an object of positive numbers")
+        return cls(
+            strategy=parse(Strategy, f.str("strategy", "oversample"), f"field {f.prefix}strategy"), epochs=f.int("epochs", 1, 100_000, 30),
+            batch_size=f.int("batch_size", 1, 100_000, 10), lr=f.float("lr", 1e-12, 10.0, 1e-4), patience=f.int("patience", 1, 100_000, 5),
+            seed=f.int("seed", -(2**63), 2**63 - 1, 0), pretrained=f.bool("pretrained", True), weights=f.optional_str("weights"),
+            select_by=parse(SelectBy, f.str("select_by", "loss"), f"field {f.prefix}select_by"),
+            class_constants={str(k): float(v) for k, v in constants.items()},
+        )
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the run was executed: nothing here changes what it learns (on one machine)."""
+    device: str = "auto"
+    threads: int | None = None
+    tensorboard: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "Execution":
+        return cls(device=f.str("device", "auto"), threads=f.optional_int("threads", 1, 4096), tensorboard=f.bool("tensorboard", False),
+                   versions={str(k): str(v) for k, v in f.mapping("versions", {}).items()})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What training produced."""
+    epochs_run: int = 0
+    stopped_early: bool = False
+    best_epoch: int = -1
+    best: dict | None = None
+    train_class_counts: dict[str, int] = field(default_factory=dict)
+    class_weights: dict[str, float] | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "Outcome":
+        best = f.document.get("best")
+        weights = f.document.get("class_weights")
+        return cls(epochs_run=f.int("epochs_run", 0, 10**7, 0), stopped_early=f.bool("stopped_early", False), best_epoch=f.int("best_epoch", -1, 10**7, -1),
+                   best=best if isinstance(best, dict) else None, train_class_counts={str(k): int(v) for k, v in f.mapping("train_class_counts", {}).items()},
+                   class_weights={str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) else None)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelSpec
+    preprocess: PreprocessParams
+    data: DataSpec
+    training: TrainingSpec
+    execution: Execution = field(default_factory=Execution)
+    outcome: Outcome = field(default_factory=Outcome)
+    status: str = TRAINING
+    guard: dict | None = None           # the out-of-distribution guard's settings, where the run has one
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def scenario(self) -> str:
+        return scenario_code(self.training.strategy, self.model.classes)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    def with_(self, **changes) -> "RunConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # an Enum choice
+                return value.value
+            return value
+
+        return {
+            "format_version": self.format_version, "status": self.status, "scenario": self.scenario,
+            "model": plain(asdict(self.model)), "preprocess": self.preprocess.to_dict(), "data": plain(asdict(self.data)),
+            "training": plain(asdict(self.training)), "execution": plain(asdict(self.execution)), "outcome": plain(asdict(self.outcome)),
+            "guard": plain(self.guard),
+        }
+
+    @classmethod
+    def from_dict(cls, document: Any, source: Path | None = None) -> "RunConfig":
+        root = _Fields(document, "", source)
+        version = root.int("format_version", 1, FORMAT_VERSION, 1)
+        if version == 1:
+            document = _upgrade_v1(document, source)
+            root = _Fields(document, "", source)
+        preprocess = root.mapping("preprocess")
+        missing = sorted({f.name for f in fields(PreprocessParams)} - set(preprocess))
+        if missing:
+            raise CxrclfError(f"field preprocess lacks {', '.join(missing)} (an incomplete or foreign run folder; its images would be "
+                              "preprocessed differently from training)", source)
+        guard = document.get("guard")
+        if guard is not None and not isinstance(guard, dict):
+            raise root._fail("guard", "a JSON object or null")
+        return cls(
+            model=ModelSpec.parse(root.child("model")), preprocess=PreprocessParams.from_dict(preprocess, source),
+            data=DataSpec.parse(root.child("data")), training=TrainingSpec.parse(root.child("training")),
+            execution=Execution.parse(root.child("execution")) if root.has("execution") else Execution(),
+            outcome=Outcome.parse(root.child("outcome")) if root.has("outcome") else Outcome(),
+            status=root.str("status", TRAINING, (FINISHED, TRAINING)), guard=guard, format_version=FORMAT_VERSION,
+        )
+
+
+def _upgrade_v1(old: dict, source: Path | None) -> dict:
+    """The flat config.json of cxrclf 0.1 in the nested form (the same values, nothing invented)."""
+    train = old.get("train") if isinstance(old.get("train"), dict) else {}
+    missing = [k for k in ("model", "class_names", "input_size", "in_chans", "mean", "std", "preprocess") if k not in old]
+    if missing:
+        raise CxrclfError(f"field {missing[0]} is missing (an incomplete or foreign run folder)", source)
+    return {
+        "format_version": 2,
+        "status": old.get("status", FINISHED),  # 0.1 wrote "training" until the end; a config without it was made by hand
+        "model": {"name": old["model"], "class_names": old["class_names"], "input_size": old["input_size"], "in_chans": old["in_chans"],
+                  "mean": old["mean"], "std": old["std"], "dropout": old.get("dropout", train.get("dropout", 0.5)),
+                  "trainable_blocks": old.get("trainable_blocks", train.get("trainable_blocks", 4)), "pretrained_source": old.get("pretrained_source", "")},
+        "preprocess": old["preprocess"],
+        "data": {k: v for k, v in (old.get("data") or {"folder": ""}).items() if k in ("folder", "manifest_sha256", "fold")},
+        "training": {k: train[k] for k in ("strategy", "epochs", "batch_size", "lr", "patience", "seed", "pretrained", "weights", "select_by", "class_constants") if k in train},
+        "execution": {"device": train.get("device", "auto"), "threads": train.get("threads"), "tensorboard": bool(train.get("tensorboard", False)),
+                      "versions": old.get("versions", {})},
+        "outcome": {"epochs_run": old.get("epochs_run", 0), "stopped_early": old.get("stopped_early", False), "best_epoch": old.get("best_epoch", -1),
+                    "best": old.get("best"), "train_class_counts": old.get("train_class_counts", {}), "class_weights": old.get("class_weights")},
+        "guard": None,
+    }
+
+
+# ----------------------------------------------------------------------------- the folder
+
+class RunFolder:
+    """The files of one run folder, read and written atomically."""
+
+    CONFIG = "config.json"
+    WEIGHTS = "model.safetensors"
+    METRICS = "metrics.csv"
+    LOG = "train.log"
+    CHECKPOINT = "checkpoint.pt"
+    GUARD = "guard.safetensors"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def is_run(self) -> bool:
+        return self.file(self.CONFIG).is_file()
+
+    def read_config(self) -> RunConfig:
+        if not self.path.is_dir():
+            raise CxrclfError("run folder not found", self.path)
+        if not self.is_run:
+            raise CxrclfError("not a run folder (no config.json); train one with `cxrclf train`", self.path)
+        return RunConfig.from_dict(io.read_json(self.file(self.CONFIG), "config.json"), self.file(self.CONFIG))
+
+    def write_config(self, config: RunConfig) -> None:
+        io.write_json(self.file(self.CONFIG), config.to_dict())
+
+    def require_finished(self, config: RunConfig, allow_unfinished: bool = False) -> None:
+        """Refuse a run whose training did not finish (killed, or still running) unless asked."""
+        if not config.finished and not allow_unfinished:
+            raise CxrclfError("training of this run did not finish (killed, or still running); resume it with `cxrclf train --resume`, "
+                              "or use its best weights so far with --allow-unfinished", self.path)
+        if not self.file(self.WEIGHTS).is_file():
+            raise CxrclfError("run folder has no model.safetensors (training did not finish an epoch?)", self.path)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        with io.folder_lock(self.path):
+            yield
+
+    def save_weights(self, state: dict) -> None:
+        from safetensors.torch import save
+
+        io.write_bytes(self.file(self.WEIGHTS), save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+
+    def load_weights(self, device: str = "cpu") -> dict:
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = self.file(self.WEIGHTS)
+        try:
+            return {k: v.to(device) for k, v in load(path.read_bytes()).items()}
+        except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+            raise CxrclfError(f"model.safetensors is damaged (truncated or not a safetensors file: {exc.__class__.__name__})", path) from exc
+
+    def build_model(self, config: RunConfig, device: str = "cpu"):
+        """The run's model in eval mode with its trained weights."""
+        from cxrclf.models.zoo import create_model
+
+        state = self.load_weights(device)
+        bundle = create_model(config.model.name, config.model.classes, pretrained=False, trainable_blocks="all", dropout=config.model.dropout,
+                              in_chans=config.model.in_chans, image_size=config.model.input_size)
+        try:
+            bundle.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise CxrclfError(f"weights do not fit the run's model {config.model.name} ({first})", self.file(self.WEIGHTS)) from exc
+        return bundle.model.to(device).eval()
+
+    def load(self, device: str = "cpu", allow_unfinished: bool = False):
+        """(model in eval mode, config) of a finished run."""
+        config = self.read_config()
+        self.require_finished(config, allow_unfinished)
+        return self.build_model(config, device), config
+
+    def append_log(self, line: str) -> None:
+        with open(self.file(self.LOG), "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def write_metrics(self, history: list[dict]) -> None:
+        io.write_text(self.file(self.METRICS), io.csv_text(list(history[0]), [list(r.values()) for r in history]) if history else "")
+
+    def save_checkpoint(self, document: dict) -> None:
+        import io as stdio
+
+        import torch
+
+        buffer = stdio.BytesIO()
+        torch.save(document, buffer)
+        io.write_bytes(self.file(self.CHECKPOINT), buffer.getvalue())
+
+    def load_checkpoint(self) -> dict:
+        import pickle
+        import zipfile
+
+        import torch
+
+        path = self.file(self.CHECKPOINT)
+        try:
+            # on the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
+            document = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as exc:
+            raise CxrclfError("nothing to resume: no checkpoint.pt in the run folder", self.path) from exc
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+            raise CxrclfError(f"checkpoint.pt is damaged ({exc.__class__.__name__}); start again with --overwrite", path) from exc
+        needed = {"model", "optimizer", "torch_rng", "state"}
+        if not isinstance(document, dict) or not needed <= set(document):
+            raise CxrclfError("checkpoint.pt is not a cxrclf checkpoint; start again with --overwrite", path)
+        return document
+
+    def update_latest(self) -> Path | None:
+        """Point ``<parent>/latest`` at this run; ``None`` (nothing touched) when ``latest`` is not cxrclf's pointer.
+
+        cxrclf's pointer is a symbolic link to a sibling name; a file, a folder or a link
+        elsewhere under that name belongs to the user and is left alone.
+        """
+        run = self.path.resolve()
+        link = run.parent / folders.LATEST
+        if link.is_symlink():
+            target = os.readlink(link)
+            if os.sep in target or target in ("", ".", ".."):
+                return None
+        elif link.exists():
+            return None
+        temporary = run.parent / f".{folders.LATEST}.{os.getpid()}"
+        if temporary.is_symlink() or temporary.exists():
+            temporary.unlink()
+        os.symlink(run.name, temporary)
+        os.replace(temporary, link)
+        return link
+
+
+def resolve_run(run: Path | None) -> RunFolder:
+    """``run`` if given, else ``$CXRCLF_MODEL``, else ``runs/latest``; a one-line error when none exists."""
+    if run is None:
+        env = os.environ.get("CXRCLF_MODEL")
+        run = Path(env) if env else folders.RUNS / folders.LATEST
+        if not run.exists():
+            raise CxrclfError("no trained run found: train one with `cxrclf train`, or name a run folder", run)
+    run = Path(run)
+    if not run.is_dir():
+        raise CxrclfError("run folder not found", run)
+    return RunFolder(run.resolve())
+
