@@ -304,11 +304,12 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON array, an object per input.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (16 was fastest on a 2-core CPU).")] = 16,
+    withhold_flagged: Annotated[bool, typer.Option(help="Give no label to images the input checks or the out-of-distribution guard flag.")] = False,
     allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.")] = os.cpu_count() or 1,
 ) -> None:
-    """Classify X-ray images with a trained run, preprocessing them exactly as in training."""
+    """Classify X-ray images with a trained run, preprocessing them exactly as in training; flag images unlike its training images."""
     from cxrclf import io
     from cxrclf.predict import collect_inputs, predict_files, results_csv
     from cxrclf.runs import resolve_run
@@ -320,7 +321,7 @@ def predict(
     from cxrclf.inference import Predictor
 
     predictor = Predictor(run, device, allow_unfinished=allow_unfinished)
-    results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers))
+    results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
         io.write_text(csv_file, results_csv(results, predictor.class_names))
     if as_json:
@@ -331,16 +332,23 @@ def predict(
         from cxrclf.console import console, errors
 
         table = Table(title=f"Predictions of {run}", title_justify="left")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")
         table.add_column("predicted")
         for name in predictor.class_names:
             table.add_column(name, justify="right")
+        table.add_column("OOD score", justify="right")
         for r in results:
             if "error" in r:
                 errors.print(f"cxrclf: error: {r['file']}: {r['error']}", highlight=False, markup=False)
                 continue
-            table.add_row(r["file"], r["predicted"], *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names))
+            for warning in r["warnings"]:
+                errors.print(f"cxrclf: warning: {r['file']}: {warning}", highlight=False, markup=False)
+            label = r["predicted"] or "withheld"
+            score = "n/a" if r["ood_score"] is None else f"{r['ood_score']:.1f}" + (" !" if r["in_distribution"] is False else "")
+            table.add_row(r["file"], label if r["in_distribution"] is not False else f"{label} (flagged)", *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names), score)
         console.print(table)
+        if predictor.guard is None:
+            console.print("note: this run carries no out-of-distribution guard (trained before cxrclf had one); only the input checks ran")
         if csv_file:
             console.print(f"wrote {csv_file}")
     if any("error" in r for r in results):
@@ -377,6 +385,10 @@ def explain(
         return
     from cxrclf.console import console
 
+    from cxrclf.console import errors
+
+    for warning in result["warnings"]:
+        errors.print(f"cxrclf: warning: {image}: {warning}", highlight=False, markup=False)
     console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}")
     console.print(f"wrote {result['out']} (model {run})")
 
@@ -406,7 +418,10 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2; SIGTERM cleans up and exits 143."""
+    from cxrclf import signals
+
+    signals.exit_on_sigterm()
     try:
         app(args=argv, prog_name="cxrclf")
     except CxrclfError as exc:

@@ -21,25 +21,29 @@ from cxrclf.runs import RunFolder
 __all__ = ["Predictor", "plane_from_file"]
 
 
-def plane_from_file(task: tuple[str, dict | None, int]) -> np.ndarray | str:
-    """One image file -> the model's input plane, or the reason it cannot be read.
+def plane_from_file(task: tuple[str, dict | None, int]) -> dict:
+    """One image file -> ``{"plane", "warnings"}`` (the model's input plane and the input checks' reasons) or ``{"error"}``.
 
     ``task`` is (path, preprocessing parameters or None for an already preprocessed image,
-    input size); a module-level function so that it runs in worker processes.
+    input size); a module-level function so that it runs in worker processes. Any failure
+    is this file's error: it never stops a batch.
     """
     from cxrclf.data import imageio
+    from cxrclf.guard.checks import input_warnings
     from cxrclf.preprocess.pipeline import preprocess_image
 
     path, params, size = task
     try:
-        image = imageio.read_image(path)
+        decoded = imageio.decode(path)
+        warnings = input_warnings(decoded.pixels, decoded.info)
+        image = decoded.pixels
         if params is not None:
             image = preprocess_image(image, PreprocessParams(**params))
-        return to_model_plane(image, size)
+        return {"plane": to_model_plane(image, size), "warnings": warnings}
     except CxrclfError as exc:
-        return exc.reason
+        return {"error": exc.reason}
     except Exception as exc:  # a pathological image must not stop the batch
-        return f"cannot process image ({exc.__class__.__name__}: {exc})"
+        return {"error": f"cannot process image ({exc.__class__.__name__}: {exc})"}
 
 
 class Predictor:
@@ -57,6 +61,15 @@ class Predictor:
         self.in_chans: int = self.config.model.in_chans
         self.mean = torch.tensor(self.config.model.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(self.config.model.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.guard = self._load_guard()
+
+    def _load_guard(self):
+        """The run's out-of-distribution detector, or ``None`` for a run trained without one."""
+        if not self.config.guard:
+            return None
+        from cxrclf.guard.detector import load_detector
+
+        return load_detector(self.folder.file(RunFolder.GUARD))
 
     def plane_from_decoded(self, image: np.ndarray) -> np.ndarray:
         """A decoded X-ray (any size, uint8/uint16) -> the model's uint8 input plane."""
@@ -71,6 +84,34 @@ class Predictor:
         """uint8 planes (N, S, S) or float planes in [0, 1] -> normalised (N, C, S, S) input."""
         x = planes if isinstance(planes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(planes))
         return model_input(x.to(self.device), self.in_chans, self.mean, self.std)
+
+    @torch.inference_mode()
+    def assess(self, planes: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities (N, classes), pooled features (N, F), out-of-distribution scores (N,), NaN without a guard).
+
+        One forward pass per batch gives both the probabilities (equal to :meth:`probabilities`)
+        and the features the guard scores.
+        """
+        from cxrclf.guard.features import logits_and_features
+
+        probabilities, features = [], []
+        autocast = self.device.type == "cuda"
+        for start in range(0, len(planes), batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits, pooled = logits_and_features(self.model, self.tensor(planes[start:start + batch_size]))
+            probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            features.append(pooled.float().cpu().numpy())
+        if not probabilities:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), np.zeros(0)
+        probabilities, features = np.concatenate(probabilities), np.concatenate(features)
+        scores = self.guard.score(features) if self.guard is not None else np.full(len(features), np.nan)
+        return probabilities, features, np.asarray(scores, dtype=np.float64)
+
+    def flagged(self, scores: np.ndarray) -> np.ndarray:
+        """True where the learned score says an image is unlike the training images (all False without a guard)."""
+        if self.guard is None:
+            return np.zeros(len(scores), dtype=bool)
+        return self.guard.flag(scores)
 
     @torch.inference_mode()
     def probabilities(self, planes: np.ndarray, batch_size: int = 32) -> np.ndarray:

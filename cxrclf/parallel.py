@@ -87,24 +87,25 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     helper thread, and it hangs, instead of raising, when a worker is killed.)
     """
     context = multiprocessing.get_context()
-    # With fork and spawn this process is the workers' parent; with forkserver the server is
-    # (it exits when this process dies, and its death signals then reach the workers).
-    creator = os.getpid() if context.get_start_method() in ("fork", "spawn") else None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(creator,))
+    # With fork and spawn this process is the workers' parent. With forkserver the server
+    # is, and it outlives this process as long as any worker lives (each worker holds the
+    # server's "alive" pipe), so there the workers watch this process by its pid instead.
+    creator_is_parent = context.get_start_method() in ("fork", "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), creator_is_parent))
 
 
-def _start_worker(creator: int | None) -> None:
-    """Pool initializer, in each worker: make the worker die with its parent."""
+def _start_worker(creator: int, creator_is_parent: bool = True) -> None:
+    """Pool initializer, in each worker: make the worker die with the process that made the pool."""
     _ask_for_parent_death_signal()
     parent = os.getppid()
-    if creator is not None and parent != creator:
-        os._exit(_ORPHANED_EXIT_CODE)  # the parent died before the kernel was asked
+    if (creator_is_parent and parent != creator) or not _running(creator):
+        os._exit(_ORPHANED_EXIT_CODE)  # the creator died before the kernel was asked
     # Inherited through fork, the parent's SIGTERM handler would turn SIGTERM into an
     # exception that the pool's worker loop catches and reports, leaving the worker alive.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the parent gets it and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="cxrclf-parent-watch", daemon=True).start()
+    threading.Thread(target=_exit_when_orphaned, args=(creator, parent), name="cxrclf-parent-watch", daemon=True).start()
 
 
 def _ask_for_parent_death_signal() -> None:
@@ -120,12 +121,24 @@ def _ask_for_parent_death_signal() -> None:
         pass
 
 
-def _exit_when_orphaned(parent: int) -> None:
-    """Exit once this process is reparented (its parent died), whatever it is doing."""
+def _exit_when_orphaned(creator: int, parent: int) -> None:
+    """Exit once this process is reparented or its creator is gone, whatever it is doing."""
     while True:
         time.sleep(_PARENT_POLL_SECONDS)
-        if os.getppid() != parent:
+        if os.getppid() != parent or not _running(creator):
             os._exit(_ORPHANED_EXIT_CODE)
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # Windows' os.kill(pid, 0) would terminate the process, not probe it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # the pid now belongs to another user's process
+    return True
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:

@@ -1,7 +1,7 @@
 """SIGTERM as an orderly exit: cleanup runs, one line on stderr, exit code 143.
 
 By default SIGTERM ends a Python process at once: no ``finally`` or ``except
-BaseException`` block runs, so a staged output folder (:func:`cxrclf.atomic.staged_folder`)
+BaseException`` block runs, so a staged output folder (:func:`cxrclf.io.staged_folder`)
 stays behind. After :func:`exit_on_sigterm`, SIGTERM raises :class:`Terminated` in the main
 thread instead. It unwinds like any exception (the worker pool is killed, the staged
 folder removed) and, being a ``SystemExit``, ends the process with exit code 143

@@ -43,7 +43,7 @@ def fail_on_three(number: int) -> int:
 
 
 def sleep_in_worker(seconds: float) -> int:
-    print(f"worker {os.getpid()}", flush=True)
+    os.write(1, f"worker {os.getpid()}\n".encode())  # one write: workers share the pipe
     time.sleep(seconds)
     return os.getpid()
 
@@ -168,8 +168,17 @@ def test_map_images_raises_the_task_error_and_leaves_no_worker():
 
 @linux_only
 def test_worker_whose_parent_died_before_it_started_exits_at_once():
-    not_the_parent = os.getppid()  # any live pid other than the worker's parent
+    not_the_parent = os.getppid()  # alive, but not the worker's parent
     worker = multiprocessing.get_context("fork").Process(target=parallel._start_worker, args=(not_the_parent,))
+    worker.start()
+    worker.join(GONE_WITHIN_SECONDS)
+    assert worker.exitcode == 1
+
+
+@linux_only
+def test_forkserver_worker_whose_creator_died_before_it_started_exits_at_once():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    worker = multiprocessing.get_context("fork").Process(target=parallel._start_worker, args=(int(dead), False))
     worker.start()
     worker.join(GONE_WITHIN_SECONDS)
     assert worker.exitcode == 1
@@ -178,8 +187,9 @@ def test_worker_whose_parent_died_before_it_started_exits_at_once():
 # --- parent killed or terminated -----------------------------------------------------------------
 
 @linux_only
-def test_workers_die_when_the_parent_is_killed():
-    process, lines = _start(_slow_map_script())
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_workers_die_when_the_parent_is_killed(start_method):
+    process, lines = _start(_slow_map_script(f"import multiprocessing\nmultiprocessing.set_start_method({start_method!r})\n"))
     workers = _worker_pids(process, lines, 2)
     try:
         process.kill()

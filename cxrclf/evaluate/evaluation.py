@@ -74,16 +74,18 @@ def load_rows(data: Path, split: Split | str, params: PreprocessParams, fold: in
     return rows.reset_index(drop=True), root, not preprocessed
 
 
-def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> pd.DataFrame:
-    """predictions.csv rows: ids, source, true label, one prob_<class> per class, predicted label."""
+def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(predictions.csv rows, pooled features): ids, source, true label, one prob_<class> per class, predicted label,
+    the guard's score, the input checks' warnings and whether either flagged the image."""
     scheme = SCHEMES[len(predictor.class_names)]
     params = predictor.params.to_dict() if needs_preprocessing else None
     tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
-    planes = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
-    failed = [(rows["path"].iloc[i], p) for i, p in enumerate(planes) if isinstance(p, str)]
+    decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
+    failed = [(rows["path"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
     if failed:
         raise CxrclfError(f"cannot read {len(failed)} image(s), first: {failed[0][1]}", root / failed[0][0])
-    probabilities = predictor.probabilities(np.stack(planes)) if planes else np.zeros((0, len(predictor.class_names)))
+    probabilities, features, scores = predictor.assess(np.stack([d["plane"] for d in decoded]))
+    flagged = predictor.flagged(scores)
     out = pd.DataFrame({
         "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"], "finding": rows["finding"],
         "label": [scheme.finding_to_class[f] for f in rows["finding"]],
@@ -91,7 +93,10 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     for index, name in enumerate(predictor.class_names):
         out[f"prob_{name}"] = probabilities[:, index]
     out["predicted"] = [predictor.class_names[i] for i in probabilities.argmax(axis=1)]
-    return out
+    out["ood_score"] = scores
+    out["input_warnings"] = ["; ".join(d["warnings"]) for d in decoded]
+    out["flagged"] = flagged | (out["input_warnings"] != "").to_numpy()
+    return out, features
 
 
 def _arrays(predictions: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +166,7 @@ def _validation_threshold(predictor, config: RunConfig, sensitivity: float | Non
     if not _same_data_as_training(folder, config):
         return None
     rows, root, needs = load_rows(folder, Split.val, predictor.params, config.data.fold, config.data.exclude_sources)
-    predictions = predict_rows(predictor, rows, root, needs, workers)
+    predictions, _ = predict_rows(predictor, rows, root, needs, workers)
     labels, probabilities = _arrays(predictions, predictor.class_names)
     focus = predictor.class_names.index(FOCUS)
     return operating.choose_threshold(labels == focus, probabilities[:, focus], sensitivity) | {"chosen_on": f"{folder} (val)"}
@@ -191,15 +196,57 @@ def evaluate(options: EvaluateOptions) -> dict:
         raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
     rows, root, needs = load_rows(data, options.split, predictor.params, config.data.fold if own_data else None)
-    predictions = predict_rows(predictor, rows, root, needs, options.workers)
+    predictions, features = predict_rows(predictor, rows, root, needs, options.workers)
     threshold = _validation_threshold(predictor, config, options.sensitivity, options.workers)
     result = {
         "run": str(run), "model": config.model.name, "scenario": config.scenario, "data": str(data.resolve()),
         "split": options.split.value, "external": not own_data,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
+    result["shortcut"] = shortcut_metrics(predictions, features, predictor.class_names, _training_rows(config), options.bootstrap, options.seed)
+    result["guard"] = guard_metrics(predictions, predictor.class_names, config.guard, threshold)
     _write(out, options.overwrite, predictions, predictor.class_names, result, folder)
     result["out"] = str(out)
     return result
+
+
+def _training_rows(config: RunConfig) -> pd.DataFrame | None:
+    """The run's own training rows (fold and excluded sources applied), or None when its data is gone or changed."""
+    folder = Path(config.data.folder)
+    if not _same_data_as_training(folder, config):
+        return None
+    rows = select_split(read_manifest(folder), "train", config.data.fold)
+    return rows[~rows["source"].isin(config.data.exclude_sources)]
+
+
+def shortcut_metrics(predictions: pd.DataFrame, features: np.ndarray, class_names: list[str], training: pd.DataFrame | None,
+                     resamples: int, seed: int) -> dict:
+    """How much of the performance the image's archive explains (pure): within-source AUCs, the source-only baseline, the source probe."""
+    from cxrclf.evaluate import shortcut
+
+    # the within-source intervals repeat the bootstrap per source: fewer resamples keep evaluate quick
+    within = shortcut.within_source_aucs(predictions, class_names, min(resamples, 500), seed)
+    result = {"within_source": within, "pooled": None, "probe": None}
+    if training is not None:
+        frequencies = shortcut.source_frequencies(training, class_names, SCHEMES[len(class_names)].finding_to_class)
+        result["source_frequencies_train"] = frequencies
+        result["pooled"] = shortcut.pooled_aucs_with_baseline(predictions, class_names, frequencies, min(resamples, 500), seed)
+    result["probe"] = shortcut.source_probe(features, predictions["source"].to_numpy(), seed=seed)
+    return result
+
+
+def guard_metrics(predictions: pd.DataFrame, class_names: list[str], guard: dict | None, threshold: dict | None) -> dict:
+    """Flag rate per source, and the headline metrics on the images that pass the guard beside all images (pure)."""
+    flagged = predictions["flagged"].to_numpy(dtype=bool)
+    per_source = {str(source): {"images": int(len(sub)), "flagged": int(sub["flagged"].sum()), "flag_rate": float(sub["flagged"].mean()),
+                                "by_input_checks": int((sub["input_warnings"] != "").sum())}
+                  for source, sub in predictions.groupby("source", sort=True)}
+    passing = predictions[~flagged].reset_index(drop=True)
+    summary = {"has_guard": guard is not None, "settings": guard, "images": int(len(predictions)), "flagged": int(flagged.sum()),
+               "coverage": float(1 - flagged.mean()) if len(flagged) else math.nan, "per_source": per_source, "passing": None}
+    if len(passing) and passing["label"].nunique() >= 1:
+        measured = compute_metrics(passing, class_names, threshold, 0, 0)
+        summary["passing"] = {"n_images": measured["n_images"], "point": measured["point"]}
+    return summary
 
 
 def _inside(inner: Path, outer: Path) -> bool:

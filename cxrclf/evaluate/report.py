@@ -32,7 +32,8 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if "bootstrap" in result:
         b = result["bootstrap"]
         lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
-    lines += ["", "## Headline", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
+    lines += _shortcut_lines(result) + _guard_lines(result)
+    lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:
         macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
         macro_ci = ci.get("accuracy") if key == "accuracy" else ci.get(f"macro_{key}")
@@ -106,3 +107,47 @@ def scenario_markdown(rows: list[dict]) -> str:
     lines += ["", "Binary scenarios (CB, RB) report the COVID-19 class; multi-class scenarios report macro averages. "
               "95% bootstrap intervals over patients in brackets; bold marks the best AUC per scenario."]
     return "\n".join(lines) + "\n"
+
+
+def _shortcut_lines(result: dict) -> list[str]:
+    """Within-source AUCs, the source-only baseline and the source probe: how much of the score is the archive."""
+    from cxrclf.evaluate import shortcut
+
+    found = result.get("shortcut")
+    if not found:
+        return []
+    lines = ["", "## Within each source (the honest figure)", "",
+             "One-vs-rest AUC computed inside one source at a time, where the archive cannot tell the classes apart; "
+             "95% intervals from a bootstrap over that source's patients.", "", shortcut.markdown_within_source(found["within_source"])]
+    if found.get("pooled") is not None:
+        lines += ["", "## Against a score that knows only the source", "",
+                  "The source-only score gives every image its class's frequency in that image's source in the run's training split. "
+                  "A pooled AUC that does not clearly beat it may be recognising the archive, not the disease.", "",
+                  shortcut.markdown_pooled(found["pooled"])]
+    else:
+        lines += ["", "No source-only baseline: the run's training data could not be found unchanged."]
+    lines += ["", "## Source probe", "", shortcut.markdown_probe(found["probe"])]
+    return lines
+
+
+def _guard_lines(result: dict) -> list[str]:
+    guard = result.get("guard")
+    if not guard:
+        return []
+    lines = ["", "## Out-of-distribution guard", ""]
+    if not guard["has_guard"]:
+        lines.append("This run carries no learned out-of-distribution guard (it was trained before cxrclf had one); only the input checks ran.")
+    else:
+        settings = guard["settings"] or {}
+        lines.append(f"Learned score: {settings.get('kind', '?')} detector on the pooled backbone features, threshold "
+                     f"{_number(settings.get('threshold'))} (the {settings.get('quantile', 0.95):.0%} quantile of the run's validation scores).")
+    lines += ["", f"{guard['flagged']} of {guard['images']} images flagged (coverage {_number(guard['coverage'])}).", "",
+              "| source | images | flagged | flag rate | by input checks |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {v['images']} | {v['flagged']} | {_number(v['flag_rate'])} | {v['by_input_checks']} |" for s, v in guard["per_source"].items()]
+    passing = guard.get("passing")
+    if passing:
+        every, kept = result["point"], passing["point"]
+        lines += ["", "| metric | all images | images passing the guard |", "|---|---|---|", f"| images | {result['n_images']} | {passing['n_images']} |"]
+        for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("covid19_recall", "COVID-19 sensitivity"), ("covid19_specificity", "COVID-19 specificity")):
+            lines.append(f"| {label} | {_number(every.get(key))} | {_number(kept.get(key))} |")
+    return lines

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from cxrclf import io
 from cxrclf.choices import ExplainMethod, parse
-from cxrclf.data.imageio import read_image
+from cxrclf.data.imageio import decode
 from cxrclf.errors import CxrclfError
 
 __all__ = ["DEFAULT_FOLDER", "default_out", "explain_image", "positive_fraction_inside"]
@@ -34,8 +35,15 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
     image_path = Path(image_path)
     out = Path(out) if out else default_out(image_path, method)
     io.check_output_file(out, [image_path, predictor.run / "config.json", predictor.run / "model.safetensors"], suffix=".png", overwrite=overwrite)
-    plane = predictor.plane_from_decoded(read_image(image_path))
-    probabilities = predictor.probabilities(plane[None])[0]
+    from cxrclf.guard.checks import input_warnings
+
+    decoded = decode(image_path)
+    warnings = input_warnings(decoded.pixels, decoded.info)
+    plane = predictor.plane_from_decoded(decoded.pixels)
+    probabilities, _, scores = predictor.assess(plane[None])
+    probabilities, score = probabilities[0], float(scores[0])
+    if predictor.flagged(scores)[0]:
+        warnings.append(f"out of distribution: score {score:.1f} above the run's threshold {predictor.guard.threshold:.1f}")
     predicted = predictor.class_names[int(probabilities.argmax())]
     target = target or predicted
     target_index = predictor.class_names.index(target)
@@ -56,6 +64,8 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
         "file": str(image_path), "method": method.value, "target": target, "predicted": predicted,
         "probabilities": {n: float(p) for n, p in zip(predictor.class_names, probabilities)},
         "regions": regions, "out": str(out), "attribution": attribution,
+        "ood_score": None if math.isnan(score) else score, "in_distribution": False if warnings else (None if predictor.guard is None else True),
+        "warnings": warnings,
     }
 
 

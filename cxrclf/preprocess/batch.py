@@ -78,6 +78,8 @@ def _output(out: Path, mode: str) -> Iterator[Path]:
     """The folder to write into: ``out`` itself (new or resumed), or a stage swapped in at the end."""
     if mode != "replace":
         (out / IMAGES).mkdir(parents=True, exist_ok=True)
+        for stale in (out / IMAGES).glob(".*.tmp"):  # half-written by a killed worker: the image is redone
+            stale.unlink(missing_ok=True)
         io.mark(out, "preprocessed")
         yield out
         return

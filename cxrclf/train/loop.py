@@ -512,9 +512,35 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
     return config.to_dict() | {"run": str(setup.out)}
 
 
-def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches, info) -> RunConfig:
-    """Steps that need the finished model (the best weights): none yet beyond the config."""
-    return config
+def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], info) -> RunConfig:
+    """Fit the out-of-distribution guard on the best weights' training features; its threshold on validation."""
+    from cxrclf.guard.detector import DEFAULT_QUANTILE, GaussianDetector
+
+    trainer.module.load_state_dict(run.load_weights(str(trainer.device)))  # the best epoch, as inference will see it
+    train_features = _pooled(trainer, batches[0], len(data.train))
+    val_features = _pooled(trainer, batches[1], len(data.val))
+    detector = GaussianDetector().fit(train_features, data.train.labels)
+    val_scores = detector.score(val_features)
+    detector.calibrate(val_scores, DEFAULT_QUANTILE)
+    detector.save(run.file(RunFolder.GUARD))
+    guard = {"kind": detector.kind, "file": RunFolder.GUARD, "threshold": float(detector.threshold), "quantile": DEFAULT_QUANTILE,
+             "train_images": int(len(train_features)), "val_images": int(len(val_features)), "feature_dim": int(train_features.shape[1]),
+             "val_flag_rate": float(detector.flag(val_scores).mean())}
+    info(f"out-of-distribution guard: {detector.kind} on {guard['feature_dim']} features of {guard['train_images']} training images, "
+         f"threshold {guard['threshold']:.1f} (the {DEFAULT_QUANTILE:.0%} quantile of validation)")
+    return config.with_(guard=guard)
+
+
+@torch.inference_mode()
+def _pooled(trainer: Trainer, batches: Batches, count: int, batch_size: int = 32) -> np.ndarray:
+    from cxrclf.guard.features import pooled_features
+
+    out = []
+    for start in range(0, count, batch_size):
+        x, _ = batches.get(np.arange(start, min(start + batch_size, count)))
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
+            out.append(pooled_features(trainer.module, x).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def _tensorboard(out: Path):

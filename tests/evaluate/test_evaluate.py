@@ -17,7 +17,8 @@ def test_evaluate_writes_report_metrics_and_figures(run_cli, trained_run, prepro
     assert result.exit_code == 0, result.stderr
     assert "COVID-19 vs rest" in result.stdout
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["image_id", "patient_id", "source", "finding", "label", "prob_normal", "prob_covid19", "prob_other", "predicted"]
+    assert list(predictions.columns) == ["image_id", "patient_id", "source", "finding", "label", "prob_normal", "prob_covid19", "prob_other", "predicted",
+                                         "ood_score", "input_warnings", "flagged"]
     test_rows = pd.read_csv(preprocessed_synthetic / "manifest.csv").query("split == 'test'")
     assert sorted(predictions.image_id) == sorted(test_rows.image_id)
     assert np.allclose(predictions[["prob_normal", "prob_covid19", "prob_other"]].sum(axis=1), 1.0, atol=1e-5)
@@ -30,6 +31,15 @@ def test_evaluate_writes_report_metrics_and_figures(run_cli, trained_run, prepro
             assert image.format == "PNG" and image.size == (600, 500)
     report = (out / "report.md").read_text()
     assert "## Per source" in report and "![ROC](roc.png)" in report and "Clopper-Pearson" in report
+    # the shortcut and the guard come before the pooled headline
+    assert report.index("## Within each source") < report.index("## Against a score that knows only the source") < report.index("## Headline")
+    assert "## Source probe" in report and "## Out-of-distribution guard" in report
+    guard = found["guard"]
+    assert guard["has_guard"] and guard["images"] == len(test_rows) and guard["flagged"] == int(predictions.flagged.sum())
+    assert sum(v["images"] for v in guard["per_source"].values()) == len(test_rows)
+    within = {(r["source"], r["class"]): r for r in found["shortcut"]["within_source"]}
+    assert set(s for s, _ in within) == set(test_rows.source)
+    assert found["shortcut"]["probe"]["chance"] == pytest.approx(1 / test_rows.source.nunique())
 
 
 def test_threshold_is_chosen_on_validation_labels_only(trained_run, preprocessed_synthetic, monkeypatch):
