@@ -163,7 +163,7 @@ def _jpeg(path: Path, image: np.ndarray, rgb: bool = False) -> None:
 
 
 def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "PA", sex: str = "M", age: str = "58",
-                compression: str = "jpeg", monochrome1: bool = False) -> None:
+                compression: str = "jpeg", monochrome1: bool = False, modality: str = "CR") -> None:
     """A DICOM file as RSNA ships them: 8-bit JPEG-baseline pixel data (or raw / JPEG 2000 16-bit)."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -182,7 +182,7 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset.PatientAge = age  # RSNA stores a bare number, which pydicom warns about
-    dataset.Modality = "CR"
+    dataset.Modality = modality
     dataset.ViewPosition = view
     dataset.BodyPartExamined = "CHEST"
     dataset.Rows, dataset.Columns = image.shape
