@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["CxrclfError"]
+
 
 class CxrclfError(Exception):
     """A problem with the user's input, reported as one line naming the file and reason."""

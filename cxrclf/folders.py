@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["FUSED", "LATEST", "PREPROCESSED", "RUNS"]
+
 FUSED = Path("data/fused")
 PREPROCESSED = Path("data/preprocessed")
 RUNS = Path("runs")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["COVID19", "FINDINGS", "LabelScheme", "NORMAL", "OTHER_PNEUMONIA", "SCHEMES", "TUBERCULOSIS"]
+
 NORMAL = "normal"
 COVID19 = "covid19"
 OTHER_PNEUMONIA = "other_pneumonia"

@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
+__all__ = ["map_images"]
+
 T = TypeVar("T")
 R = TypeVar("R")
 

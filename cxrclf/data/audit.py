@@ -15,6 +15,8 @@ from cxrclf.data.manifest import manifest_path, read_manifest
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import FINDINGS
 
+__all__ = ["audit", "audit_frame", "load"]
+
 
 def _hash_images(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     frame = frame.copy()

@@ -25,6 +25,8 @@ from cxrclf.errors import CxrclfError
 from cxrclf.parallel import map_images
 from cxrclf.labels import FINDINGS
 
+__all__ = ["FuseOptions", "IMAGES", "REPORT_NAME", "fuse", "read_sources"]
+
 REPORT_NAME = "fuse_report.json"
 IMAGES = "images"
 

@@ -12,6 +12,8 @@ import numpy as np
 
 from cxrclf.labels import FINDINGS
 
+__all__ = ["assign_splits", "hamming_pairs", "leakage_groups"]
+
 
 class _UnionFind:
     def __init__(self, items):

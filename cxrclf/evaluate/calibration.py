@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["brier_score", "expected_calibration_error", "reliability_bins"]
+
 
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
     """Top-label confidence in equal-width bins: count, mean confidence and accuracy per bin."""

@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+__all__ = ["bootstrap", "clopper_pearson"]
+
 
 def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial interval; (nan, nan) with no trials."""

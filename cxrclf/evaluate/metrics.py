@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+__all__ = ["NAN", "auc_score", "binary_rates", "classification_metrics", "confusion", "epoch_metrics", "macro_auc", "per_class_recall", "positive_metrics"]
+
 NAN = math.nan
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from cxrclf.errors import CxrclfError
 
+__all__ = ["grad_cam", "top_regions"]
+
 
 def grad_cam(predictor, plane: np.ndarray, target: int) -> np.ndarray:
     """Heatmap in [0, 1] of the plane's shape: where evidence for ``target`` lies."""

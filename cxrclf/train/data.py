@@ -20,6 +20,8 @@ from cxrclf.errors import CxrclfError
 from cxrclf.labels import LabelScheme
 from cxrclf.models.inputs import to_model_plane
 
+__all__ = ["ImageSet", "load_images", "read_preprocessed"]
+
 
 @dataclass
 class ImageSet:

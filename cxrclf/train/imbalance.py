@@ -12,6 +12,8 @@ import numpy as np
 
 from cxrclf.errors import CxrclfError
 
+__all__ = ["STRATEGIES", "class_counts", "class_weights", "oversample_epoch", "plain_epoch"]
+
 STRATEGIES = ("oversample", "weighted")
 
 

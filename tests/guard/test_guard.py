@@ -116,7 +116,7 @@ def test_several_frames_are_flagged(xray):
 
 def test_real_colour_is_flagged_and_x_rays_with_coloured_arrows_pass(xray):
     # 0.31: about skimage's coffee(); 0.083: the most colourful real radiograph in cxr-mini (red arrows)
-    assert input_warnings(xray, Info(colourfulness=0.31)) == ["real colour (colourfulness 0.31): a photograph, not an X-ray"]
+    assert input_warnings(xray, Info(colourfulness=0.31)) == ["real colour (colourfulness 0.31): a photograph or colour rendering, not an X-ray"]
     assert input_warnings(xray, Info(colourfulness=0.083)) == []
 
 

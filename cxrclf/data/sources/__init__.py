@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cxrclf.errors import CxrclfError
 
+__all__ = ["Exclusion", "SourceRecord", "SourceRows", "normalise_age", "normalise_sex", "require_folder", "resolve_inside"]
+
 
 @dataclass(frozen=True)
 class SourceRecord:

@@ -18,6 +18,8 @@ from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_a
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import COVID19, NORMAL, OTHER_PNEUMONIA, TUBERCULOSIS
 
+__all__ = ["SOURCE", "map_finding", "read"]
+
 SOURCE = "cohen"
 
 # Words that make a finding a pneumonia that is not COVID-19: the causes named in the

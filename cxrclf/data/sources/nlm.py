@@ -21,6 +21,8 @@ from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_a
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import NORMAL, TUBERCULOSIS
 
+__all__ = ["MASK_FOLDERS", "MASK_PATTERN", "PATTERN", "SOURCES", "VIEW", "mask_side", "read"]
+
 PATTERN = re.compile(r"^(MCUCXR|CHNCXR)_(\d+)_([0-9])\.png$", re.IGNORECASE)
 MASK_PATTERN = re.compile(r"^(MCUCXR|CHNCXR)_(\d+)_([0-9])(_mask)?\.png$", re.IGNORECASE)
 SOURCES = {"MCUCXR": "montgomery", "CHNCXR": "shenzhen"}

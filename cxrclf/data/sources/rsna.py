@@ -16,6 +16,8 @@ from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_a
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import NORMAL, OTHER_PNEUMONIA
 
+__all__ = ["CLASSES", "IMAGES", "LABELS", "NOT_NORMAL", "SOURCE", "read"]
+
 SOURCE = "rsna"
 LABELS = "stage_2_train_labels.csv"
 CLASSES = "stage_2_detailed_class_info.csv"

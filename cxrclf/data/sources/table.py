@@ -17,6 +17,8 @@ from cxrclf.data.sources.cohen import map_finding
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import FINDINGS
 
+__all__ = ["read", "source_name"]
+
 
 def source_name(csv_path: Path) -> str:
     return "table:" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(csv_path).stem)
