@@ -13,7 +13,7 @@ from typing import TypeVar
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
+    "Augment", "Recipe", "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "Lung", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
     "parse", "resolve_device",
 ]
 
@@ -27,6 +27,20 @@ class Strategy(Choice):
     """How class imbalance is handled: random oversampling (scenarios R*) or Eq. 1 class weights (C*)."""
     oversample = "oversample"
     weighted = "weighted"
+
+
+class Recipe(Choice):
+    """How to train: the paper's recipe, kept exactly, or the small-data one (cxrclf.train.recipe)."""
+    paper = "paper"
+    small_data = "small-data"
+
+
+class Augment(Choice):
+    """``copies``: the paper's affine on oversampled copies only; ``none``; ``light``/``strong``: every image (transforms v2)."""
+    copies = "copies"
+    none = "none"
+    light = "light"
+    strong = "strong"
 
 
 class SelectBy(Choice):
@@ -65,6 +79,13 @@ class Inpaint(Choice):
 class Denoise(Choice):
     adaptive_tv = "adaptive-tv"
     none = "none"
+
+
+class Lung(Choice):
+    """What preprocessing does with the lung fields a segmenter finds: nothing (the paper), crop to them, or grey out the rest."""
+    none = "none"
+    crop = "crop"
+    mask = "mask"
 
 
 class RsnaNotNormal(Choice):

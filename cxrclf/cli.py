@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrclf import folders
-from cxrclf.choices import Denoise, Device, ExplainMethod, Fit, Inpaint, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
+from cxrclf.choices import Augment, Denoise, Device, ExplainMethod, Fit, Inpaint, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
 from cxrclf.errors import CxrclfError
 
 app = typer.Typer(
@@ -200,18 +200,20 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<scenario>).")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size (the paper: 10).")] = 10,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", show_default="the recipe's: 1e-4 paper, 3e-4 small-data")] = None,
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation loss.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, order and augmentation.")] = 0,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (found offline first).")] = True,
     weights: Annotated[Optional[Path], typer.Option(help="Pretrained backbone weights (.safetensors or .pth).")] = None,
-    trainable_blocks: Annotated[str, typer.Option(help="Fine-tune the last N backbone blocks (the paper: 4), or 'all'.")] = "4",
+    trainable_blocks: Annotated[Optional[str], typer.Option(help="Fine-tune the last N backbone blocks, or 'all'.", show_default="the recipe's: 4 paper, all small-data")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Network input side (default: the model's pretrained configuration).")] = None,
     dropout: Annotated[float, typer.Option(help="Dropout of the 128-unit head.")] = 0.5,
     fold: Annotated[Optional[int], typer.Option(help="Validate on this cross-validation fold instead of the val split.")] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Train every fold into RUN/fold-K/ and summarise mean and std.")] = False,
     class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
-    select_by: Annotated[SelectBy, typer.Option(help="Keep the best epoch by validation loss or AUC.")] = SelectBy.loss,
+    select_by: Annotated[Optional[SelectBy], typer.Option(help="Keep the best epoch by validation loss or AUC.", show_default="the recipe's: loss paper, auc small-data")] = None,
+    recipe: Annotated[Recipe, typer.Option(help="paper (Adam, last blocks, no augmentation but the oversampled copies) or small-data (AdamW, warm-up and cosine, all blocks with layer-wise decay, augmentation, label smoothing, weight averaging).")] = Recipe.paper,
+    augment: Annotated[Optional[Augment], typer.Option(help="Override the recipe's augmentation: copies (the paper's), none, light or strong.", show_default="the recipe's: copies paper, light small-data")] = None,
     exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
@@ -225,12 +227,13 @@ def train(
 
     if cv and fold is not None:
         raise CxrclfError("--fold and --cv contradict each other; choose one")
-    if trainable_blocks != "all" and not trainable_blocks.isdigit():
+    if trainable_blocks is not None and trainable_blocks != "all" and not trainable_blocks.isdigit():
         raise CxrclfError(f"--trainable-blocks wants a number or 'all', not {trainable_blocks!r}")
     options = TrainOptions(
         model=model, strategy=strategy, classes=classes, data=data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, pretrained=pretrained, weights=weights,
-        trainable_blocks="all" if trainable_blocks == "all" else int(trainable_blocks), image_size=image_size, dropout=dropout,
+        trainable_blocks=None if trainable_blocks is None else "all" if trainable_blocks == "all" else int(trainable_blocks),
+        image_size=image_size, dropout=dropout, recipe=recipe, augment=augment,
         fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, exclude_sources=tuple(exclude_source or ()),
         device=device, threads=workers,
         resume=resume, overwrite=overwrite, tensorboard=tensorboard,

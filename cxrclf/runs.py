@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cxrclf import folders, io
-from cxrclf.choices import SelectBy, Strategy, parse
+from cxrclf.choices import Augment, Recipe, SelectBy, Strategy, parse
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import SCHEMES
 from cxrclf.preprocess.params import PreprocessParams
@@ -183,6 +183,8 @@ class TrainingSpec:
     weights: str | None = None
     select_by: SelectBy = SelectBy.loss
     class_constants: dict[str, float] = field(default_factory=dict)
+    recipe: Recipe = Recipe.paper          # runs made before recipes existed: the paper's
+    augment: Augment = Augment.copies
 
     @classmethod
     def parse(cls, f: _Fields) -> "TrainingSpec":
@@ -195,6 +197,7 @@ class TrainingSpec:
             seed=f.int("seed", -(2**63), 2**63 - 1, 0), pretrained=f.bool("pretrained", True), weights=f.optional_str("weights"),
             select_by=parse(SelectBy, f.str("select_by", "loss"), f"field {f.prefix}select_by"),
             class_constants={str(k): float(v) for k, v in constants.items()},
+            recipe=parse(Recipe, f.str("recipe", "paper"), f"field {f.prefix}recipe"), augment=parse(Augment, f.str("augment", "copies"), f"field {f.prefix}augment"),
         )
 
 

@@ -2,6 +2,15 @@
 
 ``preprocess.json`` in a preprocessed folder and ``config.json`` in a run folder hold these
 fields, so ``predict`` and ``explain`` treat a new image exactly as the training images.
+
+Fields added after the first release have defaults that mean what a folder without them
+meant: :data:`ADDED_FIELDS` may be missing from a stored dictionary (no lung step), every
+other field must be present. ``tv_weight`` is a number (a fixed lambda, as always) or
+``"auto"`` (chosen per image from its estimated noise level; the default since then).
+
+The lung step names its segmenter twice: ``lung_model`` is the segmentation run's folder
+and ``lung_model_sha256`` the hash of its ``model.safetensors``, so a run that crops to the
+lungs can only ever be fed through the very segmenter it was trained with.
 """
 
 from __future__ import annotations
@@ -10,12 +19,15 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cxrclf.choices import Denoise, Fit, Inpaint
+from cxrclf.choices import Denoise, Fit, Inpaint, Lung
 from cxrclf.errors import CxrclfError
 from cxrclf.preprocess.artifacts import INPAINT_RADIUS, TEXT_THRESHOLD
-from cxrclf.preprocess.tv import TV_ITERATIONS, TV_K, TV_SIGMA, TV_WEIGHT
+from cxrclf.preprocess.tv import AUTO, TV_ITERATIONS, TV_K, TV_SIGMA, TV_WEIGHT
 
-__all__ = ["PreprocessParams", "read_params"]
+__all__ = ["ADDED_FIELDS", "LUNG_MARGIN", "PreprocessParams", "read_params", "required_fields"]
+
+LUNG_MARGIN = 0.1  # of the lungs' bounding box, on each side: keeps the costophrenic angles a tight mask may clip
+
 
 @dataclass(frozen=True)
 class PreprocessParams:
@@ -28,10 +40,14 @@ class PreprocessParams:
     inpaint: str = "telea"          # OpenCV inpainting: telea or ns (Navier-Stokes)
     inpaint_radius: float = INPAINT_RADIUS
     denoise: str = "adaptive-tv"    # Eq. 5 adaptive total variation, or none
-    tv_weight: float = TV_WEIGHT    # lambda
+    tv_weight: float | str = TV_WEIGHT  # lambda, or "auto": from each image's estimated noise level
     tv_k: float = TV_K              # edge contrast parameter k
     tv_sigma: float = TV_SIGMA      # Gaussian sigma of the edge detector
     tv_iterations: int = TV_ITERATIONS
+    lung: str = "none"              # none (the paper), crop to the lungs' box, or mask: grey out the rest
+    lung_model: str = ""            # the lung segmentation run's folder (absolute), when lung is not none
+    lung_model_sha256: str = ""     # sha256 of its model.safetensors: the segmenter's identity
+    lung_margin: float = LUNG_MARGIN
 
     def validate(self) -> "PreprocessParams":
         """Self, or a one-line error naming every parameter that is out of range."""
@@ -42,12 +58,17 @@ class PreprocessParams:
         for name in ("size", "channels", "work_size", "tv_iterations"):
             if not number(getattr(self, name), integer=True):
                 problems.append(f"{name} must be an integer, not {getattr(self, name)!r}")
-        for name in ("text_threshold", "inpaint_radius", "tv_weight", "tv_k", "tv_sigma"):
+        for name in ("text_threshold", "inpaint_radius", "tv_k", "tv_sigma", "lung_margin"):
             if not number(getattr(self, name)):
                 problems.append(f"{name} must be a number, not {getattr(self, name)!r}")
+        if self.tv_weight != AUTO and not number(self.tv_weight):
+            problems.append(f"tv_weight must be a number or {AUTO!r}, not {self.tv_weight!r}")
         if not isinstance(self.remove_text, bool):
             problems.append(f"remove_text must be true or false, not {self.remove_text!r}")
-        for name, kind in (("fit", Fit), ("inpaint", Inpaint), ("denoise", Denoise)):
+        for name in ("lung_model", "lung_model_sha256"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string, not {getattr(self, name)!r}")
+        for name, kind in (("fit", Fit), ("inpaint", Inpaint), ("denoise", Denoise), ("lung", Lung)):
             if getattr(self, name) not in {member.value for member in kind}:
                 problems.append(f"{name} must be one of {', '.join(m.value for m in kind)}, not {getattr(self, name)!r}")
         if problems:
@@ -60,8 +81,14 @@ class PreprocessParams:
             problems.append(f"text_threshold must be in (0, 1], not {self.text_threshold}")
         if self.inpaint_radius <= 0 or not 1 <= self.tv_iterations <= 10_000 or not self.size <= self.work_size <= 8192:
             problems.append("inpaint_radius must be positive, tv_iterations from 1 to 10000, and work_size from size to 8192")
-        if self.tv_weight < 0 or self.tv_k < 0 or self.tv_sigma < 0:
+        if (self.tv_weight != AUTO and self.tv_weight < 0) or self.tv_k < 0 or self.tv_sigma < 0:
             problems.append("tv_weight, tv_k and tv_sigma must be >= 0")
+        if not 0.0 <= self.lung_margin <= 1.0:
+            problems.append(f"lung_margin must be from 0 to 1 (a fraction of the lungs' box), not {self.lung_margin}")
+        if self.lung == Lung.none.value and (self.lung_model or self.lung_model_sha256):
+            problems.append("lung_model is set but lung is none (a segmenter with nothing to do: choose lung crop or mask)")
+        if self.lung != Lung.none.value and not (self.lung_model and len(self.lung_model_sha256) == 64):
+            problems.append(f"lung {self.lung} needs lung_model (a lung segmentation run) and its weights' sha256")
         if problems:
             raise CxrclfError("preprocessing parameters: " + "; ".join(problems))
         return self
@@ -69,18 +96,38 @@ class PreprocessParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def uses_lungs(self) -> bool:
+        return self.lung != Lung.none.value
+
     @classmethod
     def from_dict(cls, values: dict, source: Path | None = None) -> "PreprocessParams":
+        """Validated parameters; a dictionary written before :data:`ADDED_FIELDS` existed means what it meant then."""
+        if not isinstance(values, dict):
+            raise CxrclfError(f"preprocessing parameters must be a JSON object, not {type(values).__name__}", source)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise CxrclfError(f"unknown preprocessing parameter(s) {', '.join(unknown)} (written by a newer cxrclf?)", source)
+        missing = sorted(required_fields() - set(values))
+        if missing:
+            raise CxrclfError(f"preprocessing parameters lack {', '.join(missing)} (an incomplete or foreign file)", source)
         try:
             return cls(**values).validate()
         except TypeError as exc:
             raise CxrclfError(f"bad preprocessing parameters ({exc})", source) from exc
         except CxrclfError as exc:
             raise CxrclfError(exc.reason, source) from None
+
+
+# Fields that stored parameters may lack, each with the default that reproduces what such
+# folders meant (no lung step): every other field has been written since the first release.
+ADDED_FIELDS = ("lung", "lung_model", "lung_model_sha256", "lung_margin")
+
+
+def required_fields() -> set[str]:
+    """The fields every stored parameter dictionary must hold (all but :data:`ADDED_FIELDS`)."""
+    return {f.name for f in fields(PreprocessParams)} - set(ADDED_FIELDS)
 
 
 def read_params(path: Path) -> PreprocessParams:

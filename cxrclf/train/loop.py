@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrclf import __version__, folders, io
-from cxrclf.choices import Device, SelectBy, Strategy, parse, resolve_device
+from cxrclf.choices import Augment, Device, Recipe, SelectBy, Strategy, parse, resolve_device
 from cxrclf.data.manifest import select_split
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate.metrics import epoch_metrics
@@ -43,6 +43,7 @@ from cxrclf.preprocess.params import PreprocessParams, read_params
 from cxrclf.runs import FINISHED, TRAINING, DataSpec, Execution, ModelSpec, Outcome, RunConfig, RunFolder, TrainingSpec, scenario_code
 from cxrclf.train import imbalance
 from cxrclf.train.augment import random_affine
+from cxrclf.train.recipe import RECIPES, Augmenter, RecipeSpec, build_optimizer, lr_factor
 from cxrclf.train.data import ImageSet, load_images, read_preprocessed
 
 __all__ = ["TrainOptions", "Trainer", "Batches", "cross_validate", "train"]
@@ -57,17 +58,19 @@ class TrainOptions:
     out: Path | None = None
     epochs: int = 30
     batch_size: int = 10
-    lr: float = 1e-4
+    lr: float | None = None                  # None: the recipe's (the paper: 1e-4)
     patience: int = 5
     seed: int = 0
     pretrained: bool = True
     weights: Path | None = None
-    trainable_blocks: int | str = 4
+    trainable_blocks: int | str | None = None  # None: the recipe's (the paper: 4)
     image_size: int | None = None
     dropout: float = 0.5
     fold: int | None = None
     class_constants: dict[str, float] = field(default_factory=dict)
-    select_by: SelectBy | str = SelectBy.loss
+    select_by: SelectBy | str | None = None  # None: the recipe's (the paper: loss)
+    recipe: Recipe | str = Recipe.paper
+    augment: Augment | str | None = None     # None: the recipe's (the paper: copies)
     exclude_sources: tuple[str, ...] = ()
     device: Device | str = Device.auto
     threads: int | None = None
@@ -78,7 +81,12 @@ class TrainOptions:
 
     def validate(self) -> "TrainOptions":
         self.strategy = parse(Strategy, self.strategy, "strategy")
-        self.select_by = parse(SelectBy, self.select_by, "select_by")
+        self.recipe = parse(Recipe, self.recipe, "recipe")
+        spec = RECIPES[self.recipe]
+        self.augment = spec.augment if self.augment is None else parse(Augment, self.augment, "augment")
+        self.select_by = parse(SelectBy, spec.stop_on if self.select_by is None else self.select_by, "select_by")
+        self.lr = spec.lr if self.lr is None else self.lr
+        self.trainable_blocks = spec.trainable_blocks if self.trainable_blocks is None else self.trainable_blocks
         self.device = parse(Device, self.device, "device")
         self.exclude_sources = tuple(self.exclude_sources)
         if self.classes not in SCHEMES:
@@ -131,8 +139,10 @@ def _distributed(device: torch.device) -> Distributed:
 class Batches:
     """Turns uint8 planes into normalised model input on the device, augmenting flagged copies."""
 
-    def __init__(self, images: ImageSet, in_chans: int, mean, std, device: torch.device):
+    def __init__(self, images: ImageSet, in_chans: int, mean, std, device: torch.device, augment: Augment = Augment.copies):
         self.device = device
+        self.augmenter = Augmenter(augment, images.planes.shape[-1]) if augment in (Augment.light, Augment.strong) else None
+        self.augment_copies = augment is Augment.copies
         self.in_chans = in_chans
         planes = torch.from_numpy(images.planes)
         self.planes = planes.pin_memory() if device.type == "cuda" else planes
@@ -143,7 +153,9 @@ class Batches:
     def get(self, indices: np.ndarray, augment: np.ndarray | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         x = self.planes[index].to(self.device, non_blocking=True).float().div_(255.0)
-        if augment is not None and augment.any():
+        if augment is not None and self.augmenter is not None:
+            x = self.augmenter(x.unsqueeze(1), generator).squeeze(1)  # every training image
+        elif augment is not None and self.augment_copies and augment.any():
             flags = torch.from_numpy(augment).to(self.device)
             x[flags] = random_affine(x[flags].unsqueeze(1), generator).squeeze(1)
         y = self.labels[index].to(self.device, non_blocking=True)
@@ -153,29 +165,66 @@ class Batches:
 class Trainer:
     """One model, one optimiser, one criterion: ``fit_epoch`` and ``predict``."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, class_weights: np.ndarray | None, device: torch.device, dist_info: Distributed):
+    def __init__(self, model: torch.nn.Module, lr: float, class_weights: np.ndarray | None, device: torch.device, dist_info: Distributed,
+                 spec: RecipeSpec = RECIPES[Recipe.paper], steps_per_epoch: int = 1, epochs: int = 1, all_blocks: bool = False):
         self.device = device
+        self.spec = spec
         self.model = model.to(device).to(memory_format=torch.channels_last)
         self.module = self.model
         if dist_info.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr)
+        self.optimizer = build_optimizer(self.module, lr, spec, all_blocks)
+        self.scheduler = None
+        if spec.schedule != "constant" or spec.warmup_epochs > 0:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, spec))
+        self.ema = None
+        if spec.ema_decay is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.module, decay=spec.ema_decay, use_warmup=True)
         self.weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
         self.autocast = device.type == "cuda"
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the moving average where the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.module
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        if smoothing:
+            return F.cross_entropy(logits.float(), labels, weight=self.weight, label_smoothing=smoothing)
         return F.cross_entropy(logits.float(), labels, weight=self.weight)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(x)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, y, self.spec.label_smoothing)
         loss.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.module)
         return float(loss.detach())
+
+    def state(self) -> dict:
+        """What a checkpoint needs beyond the model: optimiser, schedule, moving average."""
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = json.dumps(self.scheduler.state_dict())
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
+
+    def restore(self, checkpoint: dict) -> None:
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(json.loads(checkpoint["scheduler"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
 
     def fit_epoch(self, batches: Batches, order: np.ndarray, augment: np.ndarray, batch_size: int, generator: torch.Generator, on_step: Callable[[int, int], None] | None = None) -> float:
         self.model.train()
@@ -190,13 +239,14 @@ class Trainer:
 
     @torch.inference_mode()
     def predict(self, batches: Batches, count: int, batch_size: int) -> tuple[np.ndarray, float]:
-        """Probabilities for the first ``count`` images, and the mean loss where labels are known."""
-        self.module.eval()
+        """Probabilities of the kept weights for the first ``count`` images, and the mean loss where labels are known."""
+        module = self.kept
+        module.eval()
         probabilities, loss_sum, labelled = [], 0.0, 0
         for start in range(0, count, batch_size):
             x, y = batches.get(np.arange(start, min(start + batch_size, count)))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.module(x).float()
+                logits = module(x).float()
             known = y >= 0
             if known.any():
                 loss_sum += float(self.loss(logits[known], y[known])) * int(known.sum())
@@ -320,7 +370,8 @@ def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
                       exclude_sources=tuple(options.exclude_sources)),
         training=TrainingSpec(strategy=options.strategy, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience,
                               seed=options.seed, pretrained=options.pretrained, weights=None if options.weights is None else str(options.weights),
-                              select_by=options.select_by, class_constants=dict(options.class_constants)),
+                              select_by=options.select_by, class_constants=dict(options.class_constants), recipe=options.recipe,
+                              augment=options.augment),
         execution=Execution(device=options.device.value, threads=options.threads, tensorboard=options.tensorboard, versions=_versions()),
         outcome=Outcome(train_class_counts={c: int(n) for c, n in zip(scheme.classes, data.counts)},
                         class_weights=None if data.weights is None else {c: float(w) for c, w in zip(scheme.classes, data.weights)}),
@@ -339,7 +390,7 @@ def _restore(run: RunFolder, trainer: Trainer, config: RunConfig, setup: _Setup)
     checkpoint = run.load_checkpoint()
     try:
         trainer.module.load_state_dict(checkpoint["model"])
-        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+        trainer.restore(checkpoint)
         torch.set_rng_state(checkpoint["torch_rng"])
         if setup.device.type == "cuda" and "cuda_rng" in checkpoint:
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], setup.device)
@@ -349,8 +400,7 @@ def _restore(run: RunFolder, trainer: Trainer, config: RunConfig, setup: _Setup)
 
 
 def _save_checkpoint(run: RunFolder, trainer: Trainer, progress: _Progress) -> None:
-    document = {"model": trainer.module.state_dict(), "optimizer": trainer.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "state": json.dumps(asdict(progress))}
+    document = {"model": trainer.module.state_dict(), **trainer.state(), "torch_rng": torch.get_rng_state(), "state": json.dumps(asdict(progress))}
     if trainer.device.type == "cuda":
         document["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)  # dropout draws from it on a GPU
     run.save_checkpoint(document)
@@ -369,6 +419,12 @@ def _epoch_order(options: TrainOptions, labels: np.ndarray, num_classes: int, ep
     return order, augment
 
 
+def _epoch_length(options: TrainOptions, labels: np.ndarray, num_classes: int) -> int:
+    """Images per epoch: every training image, plus the oversampled copies."""
+    counts = imbalance.class_counts(labels, num_classes)
+    return int(counts.max() * num_classes) if options.strategy is Strategy.oversample else int(len(labels))
+
+
 def _epoch_row(epoch: int, train_loss: float, val_loss: float, measured: dict, classes, images: int, seconds: float) -> dict:
     finite = lambda value: round(value, 6) if not math.isnan(value) else ""  # noqa: E731
     return {
@@ -385,7 +441,9 @@ def _judge(progress: _Progress, options: TrainOptions, val_loss: float, val_auc:
     improved = score < progress.best_score - 1e-9
     if improved:
         progress.best_score = score
-    if val_loss < progress.best_loss - 1e-9:
+    if RECIPES[options.recipe].stop_on == "auc":  # patience counts epochs without a better validation AUC
+        progress.wait = 0 if improved else progress.wait + 1
+    elif val_loss < progress.best_loss - 1e-9:
         progress.best_loss, progress.wait = val_loss, 0
     else:
         progress.wait += 1
@@ -415,7 +473,7 @@ def _fit(setup: _Setup, run: RunFolder, trainer: Trainer, data: _Data, batches: 
             if improved:
                 progress.best_epoch = epoch + 1
                 if dist_info.writer:
-                    run.save_weights(trainer.module.state_dict())
+                    run.save_weights(trainer.kept.state_dict())
             row["best"] = int(improved)
             progress.history.append(row)
             progress.epoch = epoch + 1
@@ -478,8 +536,12 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         info("oversampling every epoch to " + ", ".join(f"{c} {data.counts.max()} (from {n})" for c, n in zip(scheme.classes, data.counts)))
     info(f"train {len(data.train)} images, val {len(data.val)} images, input {bundle.input_size}px, device {setup.device}"
          + (f", {setup.dist.world} processes" if setup.dist.world > 1 else ""))
-    trainer = Trainer(bundle.model, options.lr, data.weights, setup.device, setup.dist)
-    batches = (Batches(data.train, bundle.in_chans, bundle.mean, bundle.std, setup.device), Batches(data.val, bundle.in_chans, bundle.mean, bundle.std, setup.device))
+    spec = RECIPES[options.recipe]
+    steps = math.ceil(_epoch_length(options, data.train.labels, scheme.num_classes) / setup.dist.world / options.batch_size)
+    trainer = Trainer(bundle.model, options.lr, data.weights, setup.device, setup.dist, spec, steps_per_epoch=steps, epochs=options.epochs,
+                      all_blocks=bundle.trainable_blocks == bundle.total_blocks)
+    batches = (Batches(data.train, bundle.in_chans, bundle.mean, bundle.std, setup.device, options.augment),
+               Batches(data.val, bundle.in_chans, bundle.mean, bundle.std, setup.device, Augment.none))
     config = _describe(setup, bundle, data)
 
     with _run_folder(setup) as run:
