@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from cxrclf import folders
-from cxrclf.choices import Augment, Denoise, Device, ExplainMethod, Fit, Inpaint, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
+from cxrclf.choices import Augment, Denoise, Device, ExplainMethod, Fit, Inpaint, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
 from cxrclf.errors import CxrclfError
 
 app = typer.Typer(
@@ -135,10 +136,13 @@ def preprocess(
     inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = Inpaint.telea,
     inpaint_radius: Annotated[Optional[float], typer.Option(help="Inpainting radius in pixels.")] = None,
     denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = Denoise.adaptive_tv,
-    tv_weight: Annotated[Optional[float], typer.Option(help="TV strength lambda.")] = None,
+    tv_weight: Annotated[Optional[str], typer.Option(help="TV strength lambda, or 'auto': chosen per image from its estimated noise.", show_default="auto")] = None,
     tv_k: Annotated[Optional[float], typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = None,
     tv_sigma: Annotated[Optional[float], typer.Option(help="Gaussian sigma of the edge detector.")] = None,
     tv_iterations: Annotated[Optional[int], typer.Option(help="Solver iterations.")] = None,
+    lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = Lung.none,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for --lung crop|mask (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
+    lung_margin: Annotated[Optional[float], typer.Option(help="Margin around the lungs, a fraction of their box's side.", show_default="0.05")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes (default: all cores).")] = os.cpu_count() or 1,
     figures: Annotated[int, typer.Option(help="Write stage-by-stage panels with histograms for this many images.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with other parameters.")] = False,
@@ -148,12 +152,13 @@ def preprocess(
     from dataclasses import replace
 
     from cxrclf.console import console, count_table, progress_bar
-    from cxrclf.preprocess.params import PreprocessParams
+    from cxrclf.preprocess.lung import lung_params
+    from cxrclf.preprocess.params import PreprocessParams, parse_tv_weight
 
     given = {
         "size": size, "channels": channels, "fit": fit.value, "remove_text": not no_text_removal, "text_threshold": text_threshold,
-        "inpaint": inpaint.value, "inpaint_radius": inpaint_radius, "denoise": denoise.value, "tv_weight": tv_weight, "tv_k": tv_k,
-        "tv_sigma": tv_sigma, "tv_iterations": tv_iterations,
+        "inpaint": inpaint.value, "inpaint_radius": inpaint_radius, "denoise": denoise.value, "tv_weight": parse_tv_weight(tv_weight), "tv_k": tv_k,
+        "tv_sigma": tv_sigma, "tv_iterations": tv_iterations, "lung_margin": lung_margin, **lung_params(lung, lung_model),
     }
     params = replace(PreprocessParams(), **{k: v for k, v in given.items() if v is not None}).validate()
     if source.is_file():
@@ -256,7 +261,7 @@ def train(
 
 @app.command()
 def evaluate(
-    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run folder(s) (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run folder(s), or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).", metavar="RUN...")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Fused or preprocessed folder to evaluate on (default: the run's own data).")] = None,
     split: Annotated[Split, typer.Option(help="Which split of the data to evaluate on.")] = Split.test,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over patients for 95% intervals (0: none).")] = 1000,
@@ -266,6 +271,7 @@ def evaluate(
     table: Annotated[bool, typer.Option("--table", help="Compare runs in the shape of the paper's Table 4.")] = False,
     table_format: Annotated[TableFormat, typer.Option("--format", help="Table format.")] = TableFormat.md,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing evaluation folder.")] = False,
+    tta: Annotated[int, typer.Option(help="Test-time augmentation: average over this many fixed small shifts and scales (1: none; at most 8).")] = 1,
     allow_unfinished: Annotated[bool, typer.Option(help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.")] = os.cpu_count() or 1,
@@ -283,7 +289,7 @@ def evaluate(
     results = []
     for run in targets:
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
-                                  out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, device=device, workers=max(1, workers))
+                                  out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, tta=tta, device=device, workers=max(1, workers))
         results.append(run_evaluate(options))
         if not as_json and not table:
             console.print(evaluation_table(results[-1]))
@@ -303,11 +309,12 @@ def evaluate(
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
-    model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON array, an object per input.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (16 was fastest on a 2-core CPU).")] = 16,
     withhold_flagged: Annotated[bool, typer.Option(help="Give no label to images the input checks or the out-of-distribution guard flag.")] = False,
+    tta: Annotated[int, typer.Option(help="Test-time augmentation: average over this many fixed small shifts and scales (1: none; at most 8).")] = 1,
     allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.")] = os.cpu_count() or 1,
@@ -321,9 +328,9 @@ def predict(
     if csv_file is not None:
         io.check_output_file(csv_file, inputs)
     run = resolve_run(model)
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import load_predictor
 
-    predictor = Predictor(run, device, allow_unfinished=allow_unfinished)
+    predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
     results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
         io.write_text(csv_file, results_csv(results, predictor.class_names))
@@ -361,7 +368,7 @@ def predict(
 @app.command()
 def explain(
     image: Annotated[Path, typer.Argument(help="One image file (PNG, JPEG or DICOM).")],
-    model: Annotated[Optional[Path], typer.Option(help="Run folder (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).")] = None,
     method: Annotated[ExplainMethod, typer.Option(help="lime (superpixels) or gradcam (class activation map).")] = ExplainMethod.lime,
     target: Annotated[Optional[str], typer.Option(help="Class to explain (default: the predicted class).")] = None,
     num_samples: Annotated[int, typer.Option(help="LIME perturbation samples.")] = 1000,
@@ -374,11 +381,11 @@ def explain(
 ) -> None:
     """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM."""
     from cxrclf.explain.explain import explain_image
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import load_predictor
     from cxrclf.runs import resolve_run
 
     run = resolve_run(model)
-    result = explain_image(Predictor(run, device, allow_unfinished=allow_unfinished), image, method=method, target=target,
+    result = explain_image(load_predictor(run, device, allow_unfinished=allow_unfinished), image, method=method, target=target,
                            num_samples=num_samples, seed=seed, out=out, overwrite=overwrite)
     result.pop("attribution")
     if as_json:
@@ -418,6 +425,96 @@ def demo(
     console.print(f"report:       {evaluated['out']}/report.md (figures beside it)")
     console.print(f"explanations: {', '.join(result.stages['explain'])}")
     console.print(f"next: cxrclf predict IMAGE --model {result.stages['train']['run']}")
+
+
+class _SegmentGroup(TyperGroup):
+    """``cxrclf segment IMAGE...`` means ``cxrclf segment apply IMAGE...``; ``cxrclf segment train`` trains."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["apply", *args]
+        return super().parse_args(ctx, args)
+
+
+segment_app = typer.Typer(cls=_SegmentGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                          help="Lung fields: masks and overlays for images ([bold]cxrclf segment IMAGE...[/bold]), or train the segmenter "
+                               "([bold]cxrclf segment train[/bold]).")
+app.add_typer(segment_app, name="segment")
+
+
+@segment_app.command("train")
+def segment_train(
+    nlm: Annotated[Optional[Path], typer.Option(help="NLM folder with lung masks: Montgomery (ManualMask/leftMask, rightMask) and/or Shenzhen (mask/*_mask.png).")] = None,
+    masks: Annotated[Optional[Path], typer.Option(help="A CSV of image,mask[,patient_id] pairs (paths relative to the CSV).")] = None,
+    out: Annotated[Path, typer.Option(help="Segmentation run folder.")] = Path("runs/lung"),
+    encoder: Annotated[str, typer.Option(help="timm encoder (features_only mode).")] = "tf_efficientnet_lite0",
+    image_size: Annotated[int, typer.Option(help="Network input side, a multiple of 32.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay over the epochs).")] = 1e-3,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation Dice.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialisation, order and augmentation.")] = 0,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (found offline first).")] = True,
+    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights (.safetensors or .pth) instead of the search.")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, scale, shift, gamma, contrast and noise on training images.")] = True,
+    val_frac: Annotated[float, typer.Option(help="Fraction of patients for validation (choosing the best epoch).")] = 0.15,
+    test_frac: Annotated[float, typer.Option(help="Fraction of patients held out for the Dice and IoU in the run folder.")] = 0.2,
+    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing segmentation run folder.")] = False,
+) -> None:
+    """Train the lung segmenter on X-rays with lung masks; Dice and IoU on held-out patients."""
+    from cxrclf.console import console
+    from cxrclf.segment.display import training_display
+    from cxrclf.segment.train import SegmentTrainOptions, train_segmenter
+
+    options = SegmentTrainOptions(nlm=nlm, masks=masks, out=out, encoder=encoder, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  patience=patience, seed=seed, pretrained=pretrained, weights=weights, augment=augment, val_frac=val_frac,
+                                  test_frac=test_frac, threads=workers, resume=resume, overwrite=overwrite)
+    with training_display(epochs) as callbacks:
+        summary = train_segmenter(options, **callbacks)
+    outcome = summary["outcome"]
+    for split in ("val", "test"):
+        scores = outcome[split]
+        if scores:
+            console.print(f"{split}: Dice {scores['dice']:.4f} (lowest {scores['dice_min']:.4f}), IoU {scores['iou']:.4f} on {scores['images']} images of "
+                          f"{scores['patients']} held-out patients")
+    console.print(f"best epoch {outcome['best_epoch']} of {outcome['epochs_run']}; wrote {summary['run']} (config.json, model.safetensors, "
+                  "metrics.csv, split.csv, heldout.csv, train.log)")
+
+
+@segment_app.command("apply")
+def segment_apply(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
+    model: Annotated[Optional[Path], typer.Option(help="Segmentation run (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for <image>.mask.png and <image>.overlay.png.")] = Path("segmentations"),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing mask and overlay files.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Lung masks (0/255 PNG, the image's size) and overlays for X-ray images; flags images without a pair of lung fields."""
+    from cxrclf import io
+    from cxrclf.console import console, errors, progress_bar
+    from cxrclf.predict import collect_inputs
+    from cxrclf.segment.run import resolve_segment_run
+
+    files = collect_inputs(inputs)
+    run = resolve_segment_run(model)
+    from cxrclf.segment.display import results_table
+    from cxrclf.segment.infer import Segmenter, segment_files
+
+    segmenter = Segmenter(run)
+    with progress_bar("segmenting", quiet=as_json) as update:
+        results = segment_files(segmenter, files, out, overwrite=overwrite, progress=update)
+    if as_json:
+        typer.echo(io.json_text(results).rstrip("\n"))
+    else:
+        for r in results:
+            if r.get("warning"):
+                errors.print(f"cxrclf: warning: {r['file']}: {r['warning']}", highlight=False, markup=False)
+        console.print(results_table(results, f"Lung fields by {run.path}"))
+        console.print(f"wrote {out}/ (<image>.mask.png, <image>.overlay.png)")
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -59,7 +59,7 @@ def predict_files(predictor, files: list[Path], batch_size: int = 16, workers: i
         values = probabilities[row]
         warnings = list(decoded[index]["warnings"])
         if flagged[row]:
-            warnings.append(f"out of distribution: score {scores[row]:.1f} above the run's threshold {predictor.guard.threshold:.1f}")
+            warnings.append(f"out of distribution: score {scores[row]:.2f} above the run's threshold {predictor.guard_threshold:.2f}")
         in_distribution = False if warnings else (None if predictor.guard is None else True)
         predicted = predictor.class_names[int(values.argmax())]
         withheld = withhold_flagged and bool(warnings)

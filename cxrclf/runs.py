@@ -353,10 +353,19 @@ class RunFolder:
     def is_run(self) -> bool:
         return self.file(self.CONFIG).is_file()
 
+    def fold_runs(self) -> list["RunFolder"]:
+        """The runs of a cross-validation parent (``fold-0/``, ``fold-1/``, ...), in fold order; empty otherwise."""
+        if not self.path.is_dir():
+            return []
+        folds = [p for p in self.path.iterdir() if p.is_dir() and p.name.startswith("fold-") and p.name[5:].isdigit() and (p / self.CONFIG).is_file()]
+        return [RunFolder(p) for p in sorted(folds, key=lambda p: int(p.name[5:]))]
+
     def read_config(self) -> RunConfig:
         if not self.path.is_dir():
             raise CxrclfError("run folder not found", self.path)
         if not self.is_run:
+            if self.fold_runs():
+                raise CxrclfError("a cross-validation parent, not one run: use its folds (fold-K/) or evaluate and predict with it as an ensemble", self.path)
             raise CxrclfError("not a run folder (no config.json); train one with `cxrclf train`", self.path)
         return RunConfig.from_dict(io.read_json(self.file(self.CONFIG), "config.json"), self.file(self.CONFIG))
 

@@ -43,6 +43,7 @@ class EvaluateOptions:
     out: Path | None = None
     overwrite: bool = False
     allow_unfinished: bool = False
+    tta: int = 1
     device: Device | str = Device.auto
     workers: int = os.cpu_count() or 1
 
@@ -53,6 +54,10 @@ class EvaluateOptions:
             raise CxrclfError("bootstrap resamples must be 0 (off) or more")
         if self.sensitivity is not None and not 0 < self.sensitivity <= 1:
             raise CxrclfError(f"sensitivity must be in (0, 1], not {self.sensitivity}")
+        from cxrclf.inference import MAX_TTA
+
+        if not 1 <= self.tta <= MAX_TTA:
+            raise CxrclfError(f"test-time augmentation takes 1 to {MAX_TTA} views, not {self.tta}")
         return self
 
 
@@ -74,9 +79,12 @@ def load_rows(data: Path, split: Split | str, params: PreprocessParams, fold: in
     return rows.reset_index(drop=True), root, not preprocessed
 
 
-def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """(predictions.csv rows, pooled features): ids, source, true label, one prob_<class> per class, predicted label,
-    the guard's score, the input checks' warnings and whether either flagged the image."""
+def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> tuple[pd.DataFrame, np.ndarray, list | None]:
+    """(predictions.csv rows, pooled features, each fold's probabilities for an ensemble else None).
+
+    The rows: ids, source, true label, one prob_<class> per class, predicted label, the
+    guard's score, the input checks' warnings and whether either flagged the image.
+    """
     scheme = SCHEMES[len(predictor.class_names)]
     params = predictor.params.to_dict() if needs_preprocessing else None
     tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
@@ -84,7 +92,9 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     failed = [(rows["path"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
     if failed:
         raise CxrclfError(f"cannot read {len(failed)} image(s), first: {failed[0][1]}", root / failed[0][0])
-    probabilities, features, scores = predictor.assess(np.stack([d["plane"] for d in decoded]))
+    planes = np.stack([d["plane"] for d in decoded])
+    members = predictor.assess_members(planes) if hasattr(predictor, "members") else None
+    probabilities, features, scores = predictor.combine(members) if members else predictor.assess(planes)
     flagged = predictor.flagged(scores)
     out = pd.DataFrame({
         "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"], "finding": rows["finding"],
@@ -96,7 +106,7 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     out["ood_score"] = scores
     out["input_warnings"] = ["; ".join(d["warnings"]) for d in decoded]
     out["flagged"] = flagged | (out["input_warnings"] != "").to_numpy()
-    return out, features
+    return out, features, None if members is None else [m[0] for m in members]
 
 
 def _arrays(predictions: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +176,7 @@ def _validation_threshold(predictor, config: RunConfig, sensitivity: float | Non
     if not _same_data_as_training(folder, config):
         return None
     rows, root, needs = load_rows(folder, Split.val, predictor.params, config.data.fold, config.data.exclude_sources)
-    predictions, _ = predict_rows(predictor, rows, root, needs, workers)
+    predictions, _, _ = predict_rows(predictor, rows, root, needs, workers)
     labels, probabilities = _arrays(predictions, predictor.class_names)
     focus = predictor.class_names.index(FOCUS)
     return operating.choose_threshold(labels == focus, probabilities[:, focus], sensitivity) | {"chosen_on": f"{folder} (val)"}
@@ -174,12 +184,19 @@ def _validation_threshold(predictor, config: RunConfig, sensitivity: float | Non
 
 def evaluate(options: EvaluateOptions) -> dict:
     """Evaluate one run; writes its evaluation folder and returns metrics.json's content."""
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import load_predictor
 
     options.validate()
     folder = resolve_run(options.run)
-    config = folder.read_config()
-    folder.require_finished(config, options.allow_unfinished)
+    folds = [] if folder.is_run else folder.fold_runs()
+    if folds:
+        if options.split in (Split.val, Split.train, Split.all):
+            raise CxrclfError(f"a fold ensemble cannot be evaluated on its {options.split.value} split: every fold trained on the others' "
+                              "validation images; evaluate on test or external data", folder.path)
+        config = folds[0].read_config()
+    else:
+        config = folder.read_config()
+        folder.require_finished(config, options.allow_unfinished)
     run = folder.path
     own = Path(config.data.folder)
     data = Path(options.data) if options.data else own
@@ -191,30 +208,39 @@ def evaluate(options: EvaluateOptions) -> dict:
     if _inside(run, out.resolve()):
         raise CxrclfError("output would replace the run folder it evaluates; choose an output folder inside or beside it", out)
     io.check_output_path(out, options.overwrite, kinds=("evaluation",))
-    predictor = Predictor(folder, options.device, allow_unfinished=options.allow_unfinished)
+    predictor = load_predictor(folder, options.device, options.allow_unfinished, options.tta)
     if own_data and not _same_data_as_training(own, config):
         raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
     rows, root, needs = load_rows(data, options.split, predictor.params, config.data.fold if own_data else None)
-    predictions, features = predict_rows(predictor, rows, root, needs, options.workers)
-    threshold = _validation_threshold(predictor, config, options.sensitivity, options.workers)
+    predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
+    # a fold ensemble has no validation split of its own: each fold's trained the others
+    threshold = None if folds else _validation_threshold(predictor, config, options.sensitivity, options.workers)
     result = {
-        "run": str(run), "model": config.model.name, "scenario": config.scenario, "data": str(data.resolve()),
-        "split": options.split.value, "external": not own_data,
+        "run": str(run), "model": config.model.name, "scenario": config.scenario + (f" ensemble of {len(folds)} folds" if folds else ""),
+        "data": str(data.resolve()), "split": options.split.value, "external": not own_data, "tta": options.tta,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
-    result["shortcut"] = shortcut_metrics(predictions, features, predictor.class_names, _training_rows(config), options.bootstrap, options.seed)
-    result["guard"] = guard_metrics(predictions, predictor.class_names, config.guard, threshold)
+    if folds:
+        result["folds"] = fold_spread(predictions, members, predictor.class_names)
+    training = _training_rows(config, ensemble=bool(folds))
+    result["shortcut"] = shortcut_metrics(predictions, features, predictor.class_names, training, options.bootstrap, options.seed)
+    settings = None if predictor.guard is None else config.guard if not folds else {
+        "kind": f"{config.guard['kind']}, averaged over {len(folds)} folds", "threshold": 1.0, "quantile": config.guard["quantile"],
+        "score": "the mean over folds of each fold's score divided by its own threshold"}
+    result["guard"] = guard_metrics(predictions, predictor.class_names, settings, threshold)
     _write(out, options.overwrite, predictions, predictor.class_names, result, folder)
     result["out"] = str(out)
     return result
 
 
-def _training_rows(config: RunConfig) -> pd.DataFrame | None:
-    """The run's own training rows (fold and excluded sources applied), or None when its data is gone or changed."""
+def _training_rows(config: RunConfig, ensemble: bool = False) -> pd.DataFrame | None:
+    """The run's own training rows (fold and excluded sources applied; for a fold ensemble every non-test row),
+    or None when its data is gone or changed."""
     folder = Path(config.data.folder)
     if not _same_data_as_training(folder, config):
         return None
-    rows = select_split(read_manifest(folder), "train", config.data.fold)
+    frame = read_manifest(folder)
+    rows = frame[frame["split"] != "test"] if ensemble else select_split(frame, "train", config.data.fold)
     return rows[~rows["source"].isin(config.data.exclude_sources)]
 
 
@@ -232,6 +258,22 @@ def shortcut_metrics(predictions: pd.DataFrame, features: np.ndarray, class_name
         result["pooled"] = shortcut.pooled_aucs_with_baseline(predictions, class_names, frequencies, min(resamples, 500), seed)
     result["probe"] = shortcut.source_probe(features, predictions["source"].to_numpy(), seed=seed)
     return result
+
+
+def fold_spread(predictions: pd.DataFrame, members: list[np.ndarray], class_names: list[str]) -> dict:
+    """Each fold's headline metrics on the same images, their mean and spread, beside the ensemble's (pure)."""
+    keys = ("accuracy", "macro_auc", "covid19_auc", "ece")
+    per_fold = []
+    for probabilities in members:
+        single = predictions.copy()
+        for index, name in enumerate(class_names):
+            single[f"prob_{name}"] = probabilities[:, index]
+        measured = compute_metrics(single, class_names, None, 0, 0)
+        per_fold.append({"accuracy": measured["point"]["accuracy"], "macro_auc": measured["point"]["macro_auc"],
+                         "covid19_auc": measured["point"]["covid19_auc"], "ece": measured["calibration"]["ece"]})
+    values = {k: np.array([f[k] for f in per_fold], dtype=float) for k in keys}
+    return {"n": len(members), "per_fold": per_fold, "mean": {k: float(np.nanmean(v)) for k, v in values.items()},
+            "std": {k: float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}}
 
 
 def guard_metrics(predictions: pd.DataFrame, class_names: list[str], guard: dict | None, threshold: dict | None) -> dict:

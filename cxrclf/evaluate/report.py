@@ -32,7 +32,7 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if "bootstrap" in result:
         b = result["bootstrap"]
         lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
-    lines += _shortcut_lines(result) + _guard_lines(result)
+    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result)
     lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:
         macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
@@ -150,4 +150,19 @@ def _guard_lines(result: dict) -> list[str]:
         lines += ["", "| metric | all images | images passing the guard |", "|---|---|---|", f"| images | {result['n_images']} | {passing['n_images']} |"]
         for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("covid19_recall", "COVID-19 sensitivity"), ("covid19_specificity", "COVID-19 specificity")):
             lines.append(f"| {label} | {_number(every.get(key))} | {_number(kept.get(key))} |")
+    return lines
+
+
+def _fold_lines(result: dict) -> list[str]:
+    """A fold ensemble beside its folds: what averaging buys over one fold."""
+    folds = result.get("folds")
+    if not folds:
+        return []
+    lines = ["", f"## Fold ensemble ({folds['n']} folds, probabilities averaged)", "",
+             "No operating point: every validation image of one fold was a training image of the others.", "",
+             "| metric | ensemble | mean of the folds | spread (sd) |", "|---|---|---|---|"]
+    ensemble = {"accuracy": result["point"]["accuracy"], "macro_auc": result["point"]["macro_auc"], "covid19_auc": result["point"]["covid19_auc"],
+                "ece": result["calibration"]["ece"]}
+    for key, label in (("macro_auc", "macro AUC"), ("covid19_auc", "COVID-19 vs rest AUC"), ("accuracy", "accuracy"), ("ece", "ECE (lower is better)")):
+        lines.append(f"| {label} | {_number(ensemble[key])} | {_number(folds['mean'][key])} | {_number(folds['std'][key])} |")
     return lines

@@ -43,7 +43,7 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
     probabilities, _, scores = predictor.assess(plane[None])
     probabilities, score = probabilities[0], float(scores[0])
     if predictor.flagged(scores)[0]:
-        warnings.append(f"out of distribution: score {score:.1f} above the run's threshold {predictor.guard.threshold:.1f}")
+        warnings.append(f"out of distribution: score {score:.2f} above the run's threshold {predictor.guard_threshold:.2f}")
     predicted = predictor.class_names[int(probabilities.argmax())]
     target = target or predicted
     target_index = predictor.class_names.index(target)
@@ -54,7 +54,8 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
         picture = overlay.lime_overlay(plane, segments, weights)
         subtitle = f"LIME, {target}: green for, red against (top 5)"
     else:
-        attribution = cam.grad_cam(predictor, plane, target_index)
+        # a fold ensemble: the folds' maps averaged, as their probabilities are
+        attribution = np.mean([cam.grad_cam(member, plane, target_index) for member in getattr(predictor, "members", [predictor])], axis=0)
         regions = cam.top_regions(attribution)
         picture = overlay.cam_overlay(plane, attribution)
         subtitle = f"Grad-CAM for {target}"

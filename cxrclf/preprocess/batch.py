@@ -49,6 +49,8 @@ def _process_one(task: tuple[str, str, dict]) -> str | None:
         return exc.reason
     try:
         result = preprocess_image(image, PreprocessParams(**values))
+    except CxrclfError as exc:  # e.g. no lung fields found: the image is listed as skipped, with the reason
+        return exc.reason
     except Exception as exc:  # a pathological image must not stop the batch
         return f"preprocessing failed ({exc.__class__.__name__}: {exc})"
     io.write_bytes(Path(target), imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
@@ -57,7 +59,8 @@ def _process_one(task: tuple[str, str, dict]) -> str | None:
 
 def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool, fused: Path) -> str:
     """``new``, ``resume`` (an unfinished or finished output with the same parameters) or ``replace``."""
-    if io.check_output_path(out, overwrite, [fused], kinds=("preprocessed",), resumable=True):
+    inputs = [fused, Path(params.lung_model) if params.lung_model else None]
+    if io.check_output_path(out, overwrite, inputs, kinds=("preprocessed",), resumable=True):
         return "replace"
     if not out.is_dir() or not any(p.name != io.MARKER for p in out.iterdir()):
         return "new"
@@ -65,8 +68,13 @@ def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwri
     if not existing.is_file():
         raise CxrclfError("output folder exists and is not a preprocessed folder; choose another output folder", out)
     document = io.read_json(existing, PARAMS_NAME)
-    if document.get("params") != params.to_dict():
-        changed = sorted(k for k, v in params.to_dict().items() if (document.get("params") or {}).get(k) != v)
+    stored = document.get("params")
+    try:  # as loaded, so that a folder written before a parameter existed compares by what it meant
+        stored = PreprocessParams.from_dict(stored, existing).to_dict()
+    except CxrclfError:
+        pass
+    if stored != params.to_dict():
+        changed = sorted(k for k, v in params.to_dict().items() if (stored if isinstance(stored, dict) else {}).get(k) != v)
         raise CxrclfError(f"was made with other parameters ({', '.join(changed)} differ); pass --overwrite to redo it or choose another output", out)
     if document.get("fused_manifest_sha256") != fused_sha:
         raise CxrclfError("was made from another fused manifest; pass --overwrite to redo it", out)
@@ -109,6 +117,10 @@ def preprocess_folder(
     replaces an earlier preprocessed folder only when the new one is complete.
     """
     params.validate()
+    if params.uses_lungs:  # a missing or changed segmenter is one error now, not one per image
+        from cxrclf.preprocess.lung import segmenter_for
+
+        segmenter_for(params)
     fused = Path(fused)
     out = Path(out)
     frame = read_manifest(fused)
@@ -183,11 +195,16 @@ def write_figures(root: Path, frame: pd.DataFrame, params: PreprocessParams, fol
     folder.mkdir(parents=True, exist_ok=True)
     for index in order[:count]:
         row = frame.loc[index]
-        stages = preprocess_stages(imageio.read_image(root / row["path"]), params)
-        names = ["input", "text removed", "resized", "denoised"]
+        try:
+            stages = preprocess_stages(imageio.read_image(root / row["path"]), params)
+        except CxrclfError:
+            continue  # listed in skipped.csv
+        names = ["input", "text removed"] + (["lungs"] if "lungs" in stages else []) + ["resized", "denoised"]
         fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.0))
         for column, name in enumerate(names):
             axes[0, column].imshow(stages[name], cmap="gray", vmin=0, vmax=1)
+            if name == "text removed" and "lung mask" in stages:
+                axes[0, column].contour(stages["lung mask"], levels=[0.5], colors="yellow", linewidths=0.8)
             axes[0, column].set_title(name)
             axes[0, column].axis("off")
             axes[1, column].hist(np.asarray(stages[name]).ravel(), bins=64, range=(0, 1), color="0.3")

@@ -24,9 +24,9 @@ from cxrclf.errors import CxrclfError
 from cxrclf.preprocess.artifacts import INPAINT_RADIUS, TEXT_THRESHOLD
 from cxrclf.preprocess.tv import AUTO, TV_ITERATIONS, TV_K, TV_SIGMA, TV_WEIGHT
 
-__all__ = ["ADDED_FIELDS", "LUNG_MARGIN", "PreprocessParams", "read_params", "required_fields"]
+__all__ = ["ADDED_FIELDS", "LUNG_MARGIN", "PreprocessParams", "parse_tv_weight", "read_params", "required_fields"]
 
-LUNG_MARGIN = 0.1  # of the lungs' bounding box, on each side: keeps the costophrenic angles a tight mask may clip
+LUNG_MARGIN = 0.05  # of the lungs' box mean side, on each side: keeps the costophrenic angles a tight mask may clip
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,22 @@ ADDED_FIELDS = ("lung", "lung_model", "lung_model_sha256", "lung_margin")
 def required_fields() -> set[str]:
     """The fields every stored parameter dictionary must hold (all but :data:`ADDED_FIELDS`)."""
     return {f.name for f in fields(PreprocessParams)} - set(ADDED_FIELDS)
+
+
+def parse_tv_weight(value: str | float | None) -> float | str | None:
+    """``"auto"``, a number, or None (not given) from a command-line value; a one-line error otherwise."""
+    if value is None or value == AUTO or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    try:
+        number = float(text)
+    except ValueError:
+        raise CxrclfError(f"the TV weight must be a number >= 0 or {AUTO!r}, not {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise CxrclfError(f"the TV weight must be a number >= 0 or {AUTO!r}, not {value!r}")
+    return number
 
 
 def read_params(path: Path) -> PreprocessParams:

@@ -7,10 +7,15 @@ with parameters read from the data folder or the run. Order of stages:
 2. downscale (area) to at most ``work_size`` on the long side, so 4000-pixel 16-bit inputs
    cost little memory while letters and arrows are still thin strokes;
 3. text and marker removal (Eq. 4 threshold mask, refined, then inpainting);
-4. resize to ``size`` (stretch, or pad to keep the aspect ratio);
-5. adaptive TV denoising (Eq. 5) at the output size, where it is cheap and where the
-   network sees the pixels;
-6. uint8, replicated to 3 channels or kept as 1.
+4. the lung step, when ``lung`` is ``crop`` or ``mask``: the segmenter the parameters name
+   finds the lung fields, and the image is cropped to them or greyed outside them
+   (:mod:`cxrclf.preprocess.lung`); an image without a pair of lung fields raises
+   :class:`~cxrclf.preprocess.lung.NoLungsFound` (``preprocess`` lists it as skipped,
+   ``predict`` as that file's error);
+5. resize to ``size`` (stretch, or pad to keep the aspect ratio);
+6. adaptive TV denoising (Eq. 5) at the output size, where it is cheap and where the
+   network sees the pixels, its weight chosen per image by default;
+7. uint8, replicated to 3 channels or kept as 1.
 """
 
 from __future__ import annotations
@@ -47,14 +52,26 @@ def resize(image: np.ndarray, size: int, fit: str) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def preprocess_stages(image: np.ndarray, params: PreprocessParams) -> dict[str, np.ndarray]:
-    """Every stage's output (for figures); ``["final"]`` is :func:`preprocess_image`'s result."""
+def preprocess_stages(image: np.ndarray, params: PreprocessParams, segmenter=None) -> dict[str, np.ndarray]:
+    """Every stage's output (for figures); ``["final"]`` is :func:`preprocess_image`'s result.
+
+    ``segmenter`` (anything with ``mask(image) -> bool array``) replaces the one the
+    parameters name, for tests; with the lung step on, ``["lung mask"]`` is its mask of the
+    text-free image and ``["lungs"]`` the cropped or greyed image.
+    """
     stages: dict[str, np.ndarray] = {}
     plane = image[..., :3].mean(axis=2).astype(image.dtype) if image.ndim == 3 else image
     unit = _shrink(as_unit_float32(plane), params.work_size)
     stages["input"] = unit
     cleaned = remove_text(unit, threshold=params.text_threshold, method=params.inpaint, radius=params.inpaint_radius) if params.remove_text else unit
     stages["text removed"] = cleaned
+    if params.uses_lungs:
+        from cxrclf.preprocess.lung import apply_lungs, segmenter_for
+
+        mask = (segmenter or segmenter_for(params)).mask(cleaned)
+        stages["lung mask"] = mask
+        cleaned = apply_lungs(cleaned, mask, params.lung, params.lung_margin)
+        stages["lungs"] = cleaned
     resized = resize(cleaned, params.size, params.fit)
     stages["resized"] = resized
     if params.denoise == "adaptive-tv":
@@ -65,6 +82,6 @@ def preprocess_stages(image: np.ndarray, params: PreprocessParams) -> dict[str, 
     return stages
 
 
-def preprocess_image(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+def preprocess_image(image: np.ndarray, params: PreprocessParams, segmenter=None) -> np.ndarray:
     """A decoded X-ray (2-D uint8/uint16/float) -> ``size`` x ``size`` x ``channels`` uint8."""
-    return preprocess_stages(image, params)["final"]
+    return preprocess_stages(image, params, segmenter)["final"]

@@ -92,3 +92,59 @@ def test_small_data_recipe_trains_all_blocks_with_averaged_weights(prepared, tmp
     # the kept weights are the moving average, not the last optimiser step
     kept = load_file(str(tmp_path / "small" / "model.safetensors"))
     assert any(not torch.equal(kept[k], checkpoint["model"][k]) for k in kept if kept[k].is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def cv_run(prepared, tmp_path_factory):
+    from cxrclf.train.loop import cross_validate
+
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    cross_validate(_options(prepared, out, epochs=2, patience=2))
+    return out
+
+
+def test_fold_ensemble_is_the_mean_of_its_folds(run_cli, cv_run, prepared, tmp_path):
+    import json
+
+    from cxrclf.data import synthetic
+
+    rng = np.random.default_rng(5)
+    for index, finding in enumerate(("normal", "covid19", "other_pneumonia")):
+        synthetic._png(tmp_path / "in" / f"{index}.png", synthetic.to_uint8(synthetic.phantom(finding, rng, 96).image))
+    ensemble = json.loads(run_cli("predict", tmp_path / "in", "--model", cv_run, "--json", "--workers", "1").stdout)
+    folds = [json.loads(run_cli("predict", tmp_path / "in", "--model", cv_run / f"fold-{k}", "--json", "--workers", "1").stdout) for k in range(4)]
+    for index, answer in enumerate(ensemble):
+        for name, p in answer["probabilities"].items():
+            assert p == pytest.approx(np.mean([f[index]["probabilities"][name] for f in folds]), abs=1e-6)
+    result = run_cli("evaluate", cv_run, "--bootstrap", "0", "--out", tmp_path / "e", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["folds"]["n"] == 4 and len(found["folds"]["per_fold"]) == 4 and "operating_point" not in found["covid19_vs_rest"]
+    assert found["folds"]["mean"]["macro_auc"] == pytest.approx(np.mean([f["macro_auc"] for f in found["folds"]["per_fold"]]))
+    assert "## Fold ensemble (4 folds" in (tmp_path / "e" / "report.md").read_text()
+    refused = run_cli("evaluate", cv_run, "--split", "val", "--out", tmp_path / "v")
+    assert refused.exit_code == 2 and "fold ensemble" in refused.stderr
+
+
+def test_tta_one_view_is_no_tta_and_predict_equals_evaluate_with_tta(run_cli, trained_run, preprocessed_synthetic, tmp_path):
+    import json
+
+    from cxrclf.inference import Predictor
+
+    frame, root = read_preprocessed(preprocessed_synthetic)
+    planes = load_images(frame[frame.split == "test"].head(8), root, SCHEMES[3], 48).planes
+    plain, once, thrice = Predictor(trained_run, "cpu"), Predictor(trained_run, "cpu", tta=1), Predictor(trained_run, "cpu", tta=3)
+    assert np.array_equal(plain.assess(planes)[0], once.assess(planes)[0]) and np.allclose(plain.probabilities(planes), once.assess(planes)[0], atol=1e-6)
+    augmented = thrice.assess(planes)[0]
+    assert not np.allclose(augmented, once.assess(planes)[0]) and np.allclose(augmented.sum(axis=1), 1, atol=1e-5)
+    # the same images through predict (original files) and evaluate (their split) agree with the same --tta
+    result = run_cli("evaluate", trained_run, "--bootstrap", "0", "--tta", "3", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.stderr
+    evaluated = pd.read_csv(tmp_path / "e" / "predictions.csv").set_index("image_id")
+    test = frame[frame.split == "test"].head(4)
+    sources = preprocessed_synthetic.parent / "sources"
+    files = [sources / {"cohen": "cohen", "rsna": "rsna", "montgomery": "nlm"}[r.source] / r.source_file for r in test.itertuples()]
+    answers = json.loads(run_cli("predict", *files, "--model", trained_run, "--json", "--tta", "3", "--workers", "1").stdout)
+    for image_id, answer in zip(test.image_id, answers):
+        for name, p in answer["probabilities"].items():
+            assert p == pytest.approx(evaluated.loc[image_id, f"prob_{name}"], abs=1e-5)

@@ -1,0 +1,129 @@
+"""Lung focus: crop an X-ray to its lung fields, or grey out everything outside them.
+
+Pure transforms on an image and its lung mask (bool, same size):
+
+- :func:`crop_to_lungs`: the bounding box of both lungs, which holds the mediastinum between
+  them, widened by ``margin`` of the box's mean side on every side (clipped to the image);
+- :func:`grey_outside_lungs`: every pixel farther than that distance from the lungs becomes
+  the constant :data:`LUNG_FILL`;
+- :func:`lung_problem`: why a mask is not a pair of lung fields (too small; all on one
+  side), or ``None``. A lateral view, a photograph or a CT slice is reported, never cropped
+  to a sliver: the pipeline raises :class:`NoLungsFound` (a :class:`CxrclfError`) instead.
+
+:func:`segmenter_for` gives the segmenter a parameter set names, loaded once per process and
+checked against the sha256 the parameters recorded (a changed segmenter is refused).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxrclf.choices import Lung, parse
+from cxrclf.errors import CxrclfError
+
+__all__ = ["LUNG_FILL", "MIN_LUNG_AREA", "MIN_SIDE_SHARE", "NoLungsFound", "apply_lungs", "crop_to_lungs", "grey_outside_lungs",
+           "lung_box", "lung_params", "lung_problem", "segmenter_for"]
+
+LUNG_FILL = 0.5          # the grey outside the lung fields, in [0, 1]
+MIN_LUNG_AREA = 0.05     # lung fields cover 20-35% of a PA radiograph; below 5% nothing usable was found
+MIN_SIDE_SHARE = 0.15    # each half of the image holds 40-60% of a PA radiograph's lung area
+
+
+class NoLungsFound(CxrclfError):
+    """The segmenter found no pair of lung fields in this image."""
+
+
+def lung_problem(mask: np.ndarray) -> str | None:
+    """Why ``mask`` is not a pair of lung fields, or ``None`` when it is."""
+    mask = np.asarray(mask, bool)
+    area = float(mask.mean()) if mask.size else 0.0
+    if area < MIN_LUNG_AREA:
+        return (f"no lung fields found (lung area {area:.1%} of the image, expected at least {MIN_LUNG_AREA:.0%}); "
+                "a lateral view, or not a chest radiograph?")
+    half = mask.shape[1] // 2
+    left, right = int(mask[:, :half].sum()), int(mask[:, half:].sum())
+    share = min(left, right) / max(left + right, 1)
+    if share < MIN_SIDE_SHARE:
+        return (f"lung fields found on one side only ({share:.0%} of the lung area on the other half); "
+                "a lateral view, or one lung not seen?")
+    return None
+
+
+def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive: the lungs' box widened by ``margin`` of its mean side."""
+    rows, columns = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        raise NoLungsFound("no lung fields found (empty mask)")
+    top, bottom = int(np.argmax(rows)), int(len(rows) - np.argmax(rows[::-1]))
+    left, right = int(np.argmax(columns)), int(len(columns) - np.argmax(columns[::-1]))
+    pad = int(round(margin * ((bottom - top) + (right - left)) / 2))
+    height, width = mask.shape
+    return max(0, top - pad), min(height, bottom + pad), max(0, left - pad), min(width, right + pad)
+
+
+def crop_to_lungs(image: np.ndarray, mask: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the image cropped to :func:`lung_box`, the mask cropped alike)."""
+    top, bottom, left, right = lung_box(mask, margin)
+    return image[top:bottom, left:right], mask[top:bottom, left:right]
+
+
+def grey_outside_lungs(image: np.ndarray, mask: np.ndarray, margin: float, fill: float = LUNG_FILL) -> np.ndarray:
+    """A float image: ``image`` within ``margin`` (of the lungs' box mean side) of the lungs, ``fill`` elsewhere."""
+    import cv2
+
+    top, bottom, left, right = lung_box(mask, 0.0)
+    distance = int(round(margin * ((bottom - top) + (right - left)) / 2))
+    keep = mask.astype(np.uint8)
+    if distance > 0:
+        keep = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * distance + 1, 2 * distance + 1)))
+    return np.where(keep.astype(bool), image, np.asarray(fill, dtype=image.dtype)).astype(image.dtype, copy=False)
+
+
+def apply_lungs(image: np.ndarray, mask: np.ndarray, lung: Lung | str, margin: float) -> np.ndarray:
+    """``image`` with the lung step ``lung`` applied (crop, mask or none); :class:`NoLungsFound` when the mask is no pair of lungs."""
+    lung = parse(Lung, lung, "lung")
+    if lung is Lung.none:
+        return image
+    problem = lung_problem(mask)
+    if problem:
+        raise NoLungsFound(problem)
+    if lung is Lung.crop:
+        return crop_to_lungs(image, mask, margin)[0]
+    return grey_outside_lungs(image, mask, margin)
+
+
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+def segmenter_for(params):
+    """The segmenter ``params`` name (``lung_model`` at ``lung_model_sha256``), loaded once per process.
+
+    Refuses, in one line, a segmenter that is missing or whose weights changed since the
+    parameters were recorded: images would no longer be cropped as the training images were.
+    """
+    key = (params.lung_model, params.lung_model_sha256)
+    if key not in _LOADED:
+        from cxrclf.segment.infer import Segmenter
+
+        _LOADED[key] = Segmenter(Path(params.lung_model), expected_sha256=params.lung_model_sha256)
+    return _LOADED[key]
+
+
+def lung_params(lung: Lung | str, model: Path | None) -> dict:
+    """``lung``, ``lung_model`` and ``lung_model_sha256`` for :class:`PreprocessParams` (the segmenter's identity).
+
+    ``model`` is a finished lung segmentation run (default ``$CXRCLF_LUNG_MODEL``, else
+    ``runs/lung``); nothing is looked up for ``none``.
+    """
+    lung = parse(Lung, lung, "lung")
+    if lung is Lung.none:
+        if model is not None:
+            raise CxrclfError("a lung model was given but the lung step is none; choose --lung crop or --lung mask", model)
+        return {"lung": Lung.none.value, "lung_model": "", "lung_model_sha256": ""}
+    from cxrclf.segment.run import resolve_segment_run
+
+    run = resolve_segment_run(model)
+    run.require_finished(run.read_config())
+    return {"lung": lung.value, "lung_model": str(run.path), "lung_model_sha256": run.weights_sha256()}

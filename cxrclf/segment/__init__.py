@@ -1,0 +1,12 @@
+"""Lung segmentation: a U-Net on a timm encoder, trained on the NLM masks, and what uses it.
+
+- :mod:`cxrclf.segment.data`: (X-ray, lung mask) pairs of the Montgomery, Shenzhen and CSV layouts;
+- :mod:`cxrclf.segment.model`: the network and its input plane;
+- :mod:`cxrclf.segment.run`: the run folder (``SegmentConfig``, ``SegmentRun``);
+- :mod:`cxrclf.segment.train`: ``cxrclf segment train``;
+- :mod:`cxrclf.segment.infer`: :class:`~cxrclf.segment.infer.Segmenter` and ``cxrclf segment IMAGE...``;
+- :mod:`cxrclf.segment.masks`: masks from probabilities, Dice, IoU, overlays;
+- :mod:`cxrclf.segment.attention`: how much of a classifier's attribution falls inside the lungs.
+
+Nothing is imported here: ``cxrclf --help`` must not load torch.
+"""

@@ -1,0 +1,119 @@
+"""The lung segmenter: a U-Net decoder on a timm encoder in ``features_only`` mode.
+
+The encoder is any timm CNN that has a ``features_only`` mode (one grey input channel; its
+pretrained RGB first convolution summed over channels, as timm does), loaded offline-first
+through :func:`cxrclf.models.weights.load_pretrained`. The decoder climbs the encoder's
+feature pyramid: at each level it upsamples, concatenates the encoder's map of that
+resolution and applies two 3x3 convolutions with BatchNorm and ReLU; a last block at full
+resolution gives one logit per pixel (lung or not).
+
+The network's input is :func:`segmenter_plane`: the grey image resized to the input side
+and stretched between its 1st and 99th percentiles, so radiographs windowed differently
+(DICOM, PNG figures, 16-bit) look alike to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrclf.errors import CxrclfError
+
+__all__ = ["DECODER_CHANNELS", "DEFAULT_ENCODER", "DEFAULT_INPUT_SIZE", "LungUNet", "build_segmenter", "segmenter_plane"]
+
+DEFAULT_ENCODER = "tf_efficientnet_lite0"
+DEFAULT_INPUT_SIZE = 128
+# Channels of the decoder blocks, deepest first: one block per encoder level below the deepest.
+DECODER_CHANNELS = (48, 32, 24, 16)
+STRETCH_PERCENTILES = (1.0, 99.0)
+
+
+def segmenter_plane(image: np.ndarray, size: int) -> np.ndarray:
+    """A decoded X-ray (2-D or (H, W, C), any dtype the pipeline accepts) -> float32 (size, size) in [0, 1]."""
+    import cv2
+
+    from cxrclf.preprocess.tv import as_unit_float32
+
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[..., :3].mean(axis=2).astype(np.float32) / (np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0)
+    unit = as_unit_float32(image)
+    shrinking = unit.shape[0] > size or unit.shape[1] > size
+    small = cv2.resize(unit, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    low, high = np.percentile(small, STRETCH_PERCENTILES)
+    if high - low < 1e-6:
+        return np.zeros_like(small)
+    return np.clip((small - np.float32(low)) * np.float32(1.0 / (high - low)), 0.0, 1.0)
+
+
+class _ConvBlock(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        )
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = _ConvBlock(in_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class LungUNet(nn.Module):
+    """``encoder`` (timm ``features_only``) + U-Net decoder -> one logit per input pixel, (N, 1, H, W).
+
+    The decoder climbs to the encoder's finest level (half the input side for the usual
+    CNNs); the logits are then upsampled bilinearly: a full-resolution block tripled the
+    cost of a training step and did not change the Dice on Montgomery (docs/performance.md).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder_channels: tuple[int, ...] = DECODER_CHANNELS):
+        super().__init__()
+        channels = list(encoder.feature_info.channels())
+        if len(decoder_channels) != len(channels) - 1:
+            raise CxrclfError(f"the decoder needs {len(channels) - 1} channel counts for this encoder's {len(channels)} levels, "
+                              f"not {len(decoder_channels)}")
+        self.encoder = encoder
+        blocks, previous = [], channels[-1]
+        for skip, width in zip(reversed(channels[:-1]), decoder_channels):
+            blocks.append(_UpBlock(previous, skip, width))
+            previous = width
+        self.decoder = nn.ModuleList(blocks)
+        self.out = nn.Conv2d(previous, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        y = features[-1]
+        for block, skip in zip(self.decoder, reversed(features[:-1])):
+            y = block(y, skip)
+        return F.interpolate(self.out(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(encoder: str = DEFAULT_ENCODER, pretrained: bool = True, decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+                    weights=None):
+    """(network, where its encoder weights came from). ``weights``: an encoder checkpoint file instead of the search."""
+    import timm
+
+    from cxrclf.models.zoo import SCRATCH_SOURCE, check_model_name
+
+    name = check_model_name(encoder)
+    if name == "resnet-baseline":
+        raise CxrclfError("the lung segmenter needs a timm encoder (such as tf_efficientnet_lite0), not resnet-baseline")
+    try:
+        backbone = timm.create_model(name, features_only=True, pretrained=False, in_chans=1)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise CxrclfError(f"{name} has no features_only mode ({str(exc).splitlines()[0][:80]}); choose a convolutional encoder "
+                          "such as tf_efficientnet_lite0") from exc
+    source = SCRATCH_SOURCE
+    if pretrained or weights is not None:
+        from cxrclf.models.weights import load_pretrained
+
+        source = load_pretrained(backbone, name, weights)
+    return LungUNet(backbone, tuple(int(c) for c in decoder_channels)), source

@@ -1,0 +1,220 @@
+"""A lung segmentation run as a value: :class:`SegmentConfig` and its folder, :class:`SegmentRun`.
+
+The folder follows the classification run's conventions (:class:`cxrclf.runs.RunFolder`,
+whose file handling it inherits), marked with the kind ``segmentation``::
+
+    config.json        the SegmentConfig (validated on load: one line naming a bad field)
+    model.safetensors  the best weights (by validation Dice)
+    metrics.csv        one row per epoch;   train.log  the human log
+    checkpoint.pt      the resume state
+    split.csv          every pair: image, masks, patient, source, split (train / val / test)
+    heldout.csv        Dice and IoU of every validation and test image, at the image's own size
+
+The segmenter's identity, as preprocessing records it, is the folder's absolute path and
+the sha256 of ``model.safetensors`` (:meth:`SegmentRun.weights_sha256`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cxrclf import folders, io
+from cxrclf.errors import CxrclfError
+from cxrclf.runs import FINISHED, TRAINING, Execution, RunFolder, _Fields
+
+__all__ = ["DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun", "SegmentTraining",
+           "SegmenterSpec", "resolve_segment_run"]
+
+KIND = "segmentation"
+FORMAT_VERSION = 1
+DEFAULT_RUN = folders.RUNS / "lung"
+LUNG_MODEL_ENV = "CXRCLF_LUNG_MODEL"
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """The network and what it expects: enough to rebuild it and feed it."""
+    encoder: str
+    input_size: int
+    mean: float
+    std: float
+    decoder_channels: tuple[int, ...]
+    threshold: float = 0.5
+    pretrained_source: str = ""
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "SegmenterSpec":
+        channels = f.numbers("decoder_channels", tuple(range(2, 9)), 1, 4096)
+        if not all(c == int(c) for c in channels):
+            raise f._fail("decoder_channels", "a list of whole numbers")
+        return cls(encoder=f.str("encoder"), input_size=f.int("input_size", 32, 2048), mean=f.float("mean", -10.0, 10.0),
+                   std=f.float("std", 1e-6, 10.0), decoder_channels=tuple(int(c) for c in channels),
+                   threshold=f.float("threshold", 0.0, 1.0, 0.5), pretrained_source=f.str("pretrained_source", ""))
+
+
+@dataclass(frozen=True)
+class SegmentData:
+    """Where the pairs came from and how they were split (by patient)."""
+    nlm: str | None = None
+    masks_csv: str | None = None
+    pairs: int = 0
+    patients: int = 0
+    val_frac: float = 0.15
+    test_frac: float = 0.2
+    split_sha256: str = ""
+    per_split: dict[str, dict[str, int]] = field(default_factory=dict)   # split -> {"images", "patients"}
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "SegmentData":
+        per_split = f.mapping("per_split", {})
+        if not all(isinstance(v, dict) for v in per_split.values()):
+            raise f._fail("per_split", "an object of {images, patients} objects")
+        return cls(nlm=f.optional_str("nlm"), masks_csv=f.optional_str("masks_csv"), pairs=f.int("pairs", 0, 10**9, 0),
+                   patients=f.int("patients", 0, 10**9, 0), val_frac=f.float("val_frac", 0.0, 0.99, 0.15), test_frac=f.float("test_frac", 0.0, 0.99, 0.2),
+                   split_sha256=f.str("split_sha256", ""), per_split={str(k): dict(v) for k, v in per_split.items()})
+
+
+@dataclass(frozen=True)
+class SegmentTraining:
+    """The recipe: everything that changes the weights the run ends with."""
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    patience: int = 10
+    seed: int = 0
+    pretrained: bool = True
+    augment: bool = True
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "SegmentTraining":
+        return cls(epochs=f.int("epochs", 1, 100_000, 40), batch_size=f.int("batch_size", 1, 100_000, 8), lr=f.float("lr", 1e-12, 10.0, 1e-3),
+                   patience=f.int("patience", 1, 100_000, 10), seed=f.int("seed", -(2**63), 2**63 - 1, 0), pretrained=f.bool("pretrained", True),
+                   augment=f.bool("augment", True))
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    """What training produced: the best epoch and the held-out scores (``{"images", "patients", "dice", "iou", ...}``)."""
+    epochs_run: int = 0
+    best_epoch: int = -1
+    val: dict | None = None
+    test: dict | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields) -> "SegmentOutcome":
+        val, test = f.document.get("val"), f.document.get("test")
+        return cls(epochs_run=f.int("epochs_run", 0, 10**7, 0), best_epoch=f.int("best_epoch", -1, 10**7, -1),
+                   val=val if isinstance(val, dict) else None, test=test if isinstance(test, dict) else None)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    model: SegmenterSpec
+    data: SegmentData
+    training: SegmentTraining
+    execution: Execution = field(default_factory=Execution)
+    outcome: SegmentOutcome = field(default_factory=SegmentOutcome)
+    status: str = TRAINING
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    def with_(self, **changes) -> "SegmentConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        def plain(value):
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {"kind": KIND, "format_version": self.format_version, "status": self.status, "model": plain(asdict(self.model)),
+                "data": plain(asdict(self.data)), "training": asdict(self.training), "execution": plain(asdict(self.execution)),
+                "outcome": plain(asdict(self.outcome))}
+
+    @classmethod
+    def from_dict(cls, document: Any, source: Path | None = None) -> "SegmentConfig":
+        root = _Fields(document, "", source)
+        kind = document.get("kind")
+        if kind != KIND:
+            what = "a classification run" if "class_names" in (document.get("model") or {}) or kind is None else f"a {kind!r} folder"
+            raise CxrclfError(f"is {what}, not a lung segmentation run (train one with `cxrclf segment train`)", source)
+        root.int("format_version", 1, FORMAT_VERSION)
+        return cls(model=SegmenterSpec.parse(root.child("model")), data=SegmentData.parse(root.child("data")),
+                   training=SegmentTraining.parse(root.child("training")),
+                   execution=Execution.parse(root.child("execution")) if root.has("execution") else Execution(),
+                   outcome=SegmentOutcome.parse(root.child("outcome")) if root.has("outcome") else SegmentOutcome(),
+                   status=root.str("status", TRAINING, (FINISHED, TRAINING)), format_version=FORMAT_VERSION)
+
+
+class SegmentRun(RunFolder):
+    """The files of one segmentation run folder (weights, metrics, log and checkpoint as for classification)."""
+
+    SPLIT = "split.csv"
+    HELDOUT = "heldout.csv"
+
+    def __repr__(self) -> str:
+        return f"SegmentRun({str(self.path)!r})"
+
+    def read_config(self) -> SegmentConfig:  # type: ignore[override]
+        if not self.path.is_dir():
+            raise CxrclfError("lung segmentation run not found" if not self.path.exists() else "lung segmentation run must be a folder", self.path)
+        if not self.is_run:
+            raise CxrclfError("not a lung segmentation run (no config.json); train one with `cxrclf segment train`", self.path)
+        return SegmentConfig.from_dict(io.read_json(self.file(self.CONFIG), "config.json"), self.file(self.CONFIG))
+
+    def write_config(self, config: SegmentConfig) -> None:  # type: ignore[override]
+        io.write_json(self.file(self.CONFIG), config.to_dict())
+
+    def require_finished(self, config: SegmentConfig, allow_unfinished: bool = False) -> None:  # type: ignore[override]
+        if not config.finished and not allow_unfinished:
+            raise CxrclfError("training of this lung segmenter did not finish (killed, or still running); resume it with "
+                              "`cxrclf segment train --resume`", self.path)
+        if not self.file(self.WEIGHTS).is_file():
+            raise CxrclfError("lung segmentation run has no model.safetensors (training did not finish an epoch?)", self.path)
+
+    def weights_sha256(self) -> str:
+        return io.sha256_file(self.file(self.WEIGHTS))
+
+    def build_model(self, config: SegmentConfig, device: str = "cpu"):  # type: ignore[override]
+        """The segmenter network in eval mode with its trained weights."""
+        from cxrclf.segment.model import build_segmenter
+
+        state = self.load_weights(device)
+        model, _ = build_segmenter(config.model.encoder, pretrained=False, decoder_channels=config.model.decoder_channels)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise CxrclfError(f"weights do not fit the segmenter {config.model.encoder} ({first})", self.file(self.WEIGHTS)) from exc
+        return model.to(device).eval()
+
+    def load(self, device: str = "cpu", allow_unfinished: bool = False):
+        """(network in eval mode, config) of a finished segmentation run."""
+        config = self.read_config()
+        self.require_finished(config, allow_unfinished)
+        return self.build_model(config, device), config
+
+    def update_latest(self):  # segmentation runs never move the classifiers' runs/latest pointer
+        return None
+
+
+def resolve_segment_run(run: Path | None) -> SegmentRun:
+    """``run`` if given, else ``$CXRCLF_LUNG_MODEL``, else ``runs/lung``; a one-line error when none exists."""
+    if run is None:
+        env = os.environ.get(LUNG_MODEL_ENV)
+        run = Path(env) if env else DEFAULT_RUN
+        if not run.exists():
+            raise CxrclfError(f"no lung segmentation run found: train one with `cxrclf segment train`, name it with --lung-model, "
+                              f"or set {LUNG_MODEL_ENV}", run)
+    run = Path(run)
+    if not run.is_dir():
+        raise CxrclfError("lung segmentation run not found" if not run.exists() else "lung segmentation run must be a folder", run)
+    return SegmentRun(run.resolve())
