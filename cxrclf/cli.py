@@ -275,6 +275,7 @@ def evaluate(
     allow_unfinished: Annotated[bool, typer.Option(help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.")] = os.cpu_count() or 1,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run: report the mean share of Grad-CAM inside the lungs, per class and source.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
@@ -289,10 +290,17 @@ def evaluate(
     results = []
     for run in targets:
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
-                                  out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, tta=tta, device=device, workers=max(1, workers))
+                                  out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, tta=tta, device=device, workers=max(1, workers),
+                                  lung_model=lung_model)
         results.append(run_evaluate(options))
         if not as_json and not table:
             console.print(evaluation_table(results[-1]))
+            attention = results[-1].get("lung_attention")
+            if attention:
+                share = attention["overall"]["in_lung_share"]
+                console.print("Grad-CAM inside the lung fields: " + ("n/a" if share is None else f"{share:.0%} on average"))
+                for warning in attention["warnings"]:
+                    console.print(f"[yellow]warning:[/yellow] {warning}")
             console.print(f"wrote {results[-1]['out']}/ (report.md, metrics.json, predictions.csv, figures)")
     if table:
         rows = scenario_rows(results)
@@ -377,16 +385,17 @@ def explain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output PNG.")] = False,
     allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
-    as_json: Annotated[bool, typer.Option("--json", help="Print probabilities and the top regions as JSON.")] = False,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for the share of attribution inside the lungs (default: the run's own, if it crops or masks).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print probabilities, the top regions and the in-lung share as JSON.")] = False,
 ) -> None:
-    """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM."""
+    """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM, and how much of it lies in the lungs."""
     from cxrclf.explain.explain import explain_image
     from cxrclf.inference import load_predictor
     from cxrclf.runs import resolve_run
 
     run = resolve_run(model)
     result = explain_image(load_predictor(run, device, allow_unfinished=allow_unfinished), image, method=method, target=target,
-                           num_samples=num_samples, seed=seed, out=out, overwrite=overwrite)
+                           num_samples=num_samples, seed=seed, out=out, overwrite=overwrite, lung_model=lung_model)
     result.pop("attribution")
     if as_json:
         from cxrclf import io
@@ -400,6 +409,9 @@ def explain(
     for warning in result["warnings"]:
         errors.print(f"cxrclf: warning: {image}: {warning}", highlight=False, markup=False)
     console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}")
+    if result["lung_model"] is not None:
+        share = result["in_lung_share"]
+        console.print("no positive attribution to place" if share is None else f"{share:.0%} of the positive attribution lies inside the lung fields")
     console.print(f"wrote {result['out']} (model {run})")
 
 

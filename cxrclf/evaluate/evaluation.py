@@ -46,6 +46,7 @@ class EvaluateOptions:
     tta: int = 1
     device: Device | str = Device.auto
     workers: int = os.cpu_count() or 1
+    lung_model: Path | None = None  # a lung segmentation run: report how much of Grad-CAM falls inside the lungs
 
     def validate(self) -> "EvaluateOptions":
         self.split = parse(Split, self.split, "split")
@@ -228,6 +229,10 @@ def evaluate(options: EvaluateOptions) -> dict:
         "kind": f"{config.guard['kind']}, averaged over {len(folds)} folds", "threshold": 1.0, "quantile": config.guard["quantile"],
         "score": "the mean over folds of each fold's score divided by its own threshold"}
     result["guard"] = guard_metrics(predictions, predictor.class_names, settings, threshold)
+    if options.lung_model is not None:
+        from cxrclf.segment.attention import lung_attention
+
+        result["lung_attention"], predictions["in_lung_share"] = lung_attention(predictor, rows, root, needs, predictions, options.lung_model, options.workers)
     _write(out, options.overwrite, predictions, predictor.class_names, result, folder)
     result["out"] = str(out)
     return result

@@ -32,7 +32,7 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if "bootstrap" in result:
         b = result["bootstrap"]
         lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
-    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result)
+    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result) + _lung_lines(result)
     lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:
         macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
@@ -128,6 +128,13 @@ def _shortcut_lines(result: dict) -> list[str]:
         lines += ["", "No source-only baseline: the run's training data could not be found unchanged."]
     lines += ["", "## Source probe", "", shortcut.markdown_probe(found["probe"])]
     return lines
+
+
+def _lung_lines(result: dict) -> list[str]:
+    """Where the model looks: Grad-CAM inside the lung fields (evaluate --lung-model)."""
+    from cxrclf.segment.attention import markdown_lines
+
+    return markdown_lines(result.get("lung_attention"))
 
 
 def _guard_lines(result: dict) -> list[str]:

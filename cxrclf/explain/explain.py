@@ -23,8 +23,13 @@ def default_out(image_path: Path, method: ExplainMethod | str) -> Path:
 
 
 def explain_image(predictor, image_path: Path, method: ExplainMethod | str = ExplainMethod.lime, target: str | None = None, num_samples: int = 1000,
-                  seed: int = 0, out: Path | None = None, overwrite: bool = False) -> dict:
-    """Write the explanation PNG; return probabilities, the explained class and the top regions."""
+                  seed: int = 0, out: Path | None = None, overwrite: bool = False, lung_model: Path | None = None) -> dict:
+    """Write the explanation PNG; return probabilities, the explained class, the top regions and the in-lung share.
+
+    ``in_lung_share``: the share of the positive attribution inside the lung fields of the
+    model's input, found by ``lung_model`` (a segmentation run), else by the segmenter of the
+    run's own preprocessing; None when there is neither (:mod:`cxrclf.segment.attention`).
+    """
     from cxrclf.explain import cam, lime, overlay
 
     method = parse(ExplainMethod, method, "method")
@@ -59,6 +64,9 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
         regions = cam.top_regions(attribution)
         picture = overlay.cam_overlay(plane, attribution)
         subtitle = f"Grad-CAM for {target}"
+    from cxrclf.segment.attention import lung_share_on_figure
+
+    picture, subtitle, lung = lung_share_on_figure(predictor, plane, attribution, picture, subtitle, lung_model)
     title = f"{image_path.name}: predicted {predicted} | " + ", ".join(f"{n} {p:.3f}" for n, p in zip(predictor.class_names, probabilities))
     overlay.write(out, plane, picture, title, subtitle)
     return {
@@ -66,7 +74,7 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
         "probabilities": {n: float(p) for n, p in zip(predictor.class_names, probabilities)},
         "regions": regions, "out": str(out), "attribution": attribution,
         "ood_score": None if math.isnan(score) else score, "in_distribution": False if warnings else (None if predictor.guard is None else True),
-        "warnings": warnings,
+        "warnings": warnings, **lung,
     }
 
 

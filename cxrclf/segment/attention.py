@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["LOOKS_OUTSIDE", "in_lung_share", "lung_attention", "markdown_lines", "plane_lung_mask", "segmenter_for_run"]
+__all__ = ["LOOKS_OUTSIDE", "in_lung_share", "lung_attention", "lung_share_on_figure", "markdown_lines", "plane_lung_mask", "segmenter_for_run", "summarise"]
 
 # Below this mean share, more of the model's evidence lies outside the lungs than inside: a warning sign.
 LOOKS_OUTSIDE = 0.5
@@ -81,7 +81,8 @@ def lung_attention(predictor, rows: pd.DataFrame, root: Path, needs_preprocessin
         plane = item["plane"]
         target = predictor.class_names.index(predictions["predicted"].iloc[index])
         mask = plane_lung_mask(segmenter, plane)
-        share = in_lung_share(grad_cam(predictor, plane, target), mask)
+        heat = np.mean([grad_cam(member, plane, target) for member in getattr(predictor, "members", [predictor])], axis=0)  # a fold ensemble: averaged
+        share = in_lung_share(heat, mask)
         shares[index] = np.nan if share is None else share
         areas[index] = float(mask.mean())
     return summarise(predictions, shares, areas, str(segmenter.path)), shares
@@ -132,3 +133,21 @@ def markdown_lines(summary: dict | None) -> list[str]:
         for name, values in summary[key].items():
             lines.append(f"| {scope} {name} | {values['images']} | {number(values['in_lung_share'])} | {number(values['lung_area'])} | {values['below_half']} |")
     return lines
+
+
+def lung_share_on_figure(predictor, plane: np.ndarray, attribution: np.ndarray, picture: np.ndarray, subtitle: str,
+                         lung_model: Path | None) -> tuple[np.ndarray, str, dict]:
+    """For ``explain``: the overlay with the lungs outlined, the subtitle with the share, and
+    ``{"in_lung_share", "lung_model"}`` for the result (both None without a segmenter)."""
+    import cv2
+
+    segmenter = segmenter_for_run(predictor.params, lung_model)
+    if segmenter is None:
+        return picture, subtitle, {"in_lung_share": None, "lung_model": None}
+    mask = plane_lung_mask(segmenter, plane)
+    share = in_lung_share(attribution, mask)
+    outlined = np.ascontiguousarray(np.clip(np.rint(np.asarray(picture) * 255), 0, 255).astype(np.uint8))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(outlined, contours, -1, (255, 255, 255), 1)
+    text = "no positive attribution" if share is None else f"{share:.0%} of the positive attribution inside the lungs"
+    return outlined.astype(np.float32) / 255.0, f"{subtitle}\n{text} (white outline)", {"in_lung_share": share, "lung_model": str(segmenter.path)}
