@@ -339,6 +339,10 @@ def predict(
     from cxrclf.inference import load_predictor
 
     predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
+    if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
+        from cxrclf.preprocess.lung import segmenter_for
+
+        segmenter_for(predictor.params)
     results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
         io.write_text(csv_file, results_csv(results, predictor.class_names))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +36,10 @@ from cxrclf.preprocess.params import PreprocessParams
 __all__ = ["DataSpec", "Execution", "ModelSpec", "Outcome", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
 
 FORMAT_VERSION = 2
+# the preprocessing fields every run has recorded since cxrclf 0.1; fields added since then
+# default, when absent, to what an older run did (PreprocessParams documents each)
+PREPROCESS_FIELDS_ALWAYS_WRITTEN = ("size", "channels", "fit", "work_size", "remove_text", "text_threshold", "inpaint", "inpaint_radius",
+                                    "denoise", "tv_weight", "tv_k", "tv_sigma", "tv_iterations")
 FINISHED, TRAINING = "finished", "training"
 MAX_INPUT_SIZE = 2048
 
@@ -286,7 +290,7 @@ class RunConfig:
             document = _upgrade_v1(document, source)
             root = _Fields(document, "", source)
         preprocess = root.mapping("preprocess")
-        missing = sorted({f.name for f in fields(PreprocessParams)} - set(preprocess))
+        missing = sorted(set(PREPROCESS_FIELDS_ALWAYS_WRITTEN) - set(preprocess))
         if missing:
             raise CxrclfError(f"field preprocess lacks {', '.join(missing)} (an incomplete or foreign run folder; its images would be "
                               "preprocessed differently from training)", source)

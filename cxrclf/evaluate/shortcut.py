@@ -286,6 +286,8 @@ def markdown_within_source(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
+        if r.get("skipped"):
+            continue  # named in the sentence below, not as a row of n/a
         lines.append(f"| {r['source']} | {r['class']} | {r['n_images']} | {r['n_positive']} | {r['n_negative']} | {r['n_patients']} "
                      f"| {_with_interval(r['auc'], r['ci_low'], r['ci_high'])} | {_number(r['source_only_auc'])} |")
     skipped = [f"{r['class']} in {r['source']} ({r['skipped']})" for r in rows if r.get("skipped")]

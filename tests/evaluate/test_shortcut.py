@@ -239,7 +239,7 @@ def test_markdown_tables_state_the_verdicts():
     ])
     lines = within.splitlines()
     assert lines[2] == "| cohen | covid19 | 10 | 6 | 4 | 9 | 0.812 (0.600-0.950) | 0.500 |"
-    assert lines[3] == "| rsna | covid19 | 5 | 0 | 5 | 5 | n/a | n/a |"
+    assert "| rsna | covid19 |" not in within  # a pair that cannot be computed is a sentence, not a row of n/a
     assert lines[-1] == "Not computable inside a single source: covid19 in rsna (no positives)."
 
     pooled = shortcut.markdown_pooled([
