@@ -12,8 +12,9 @@
    the network alone, and :meth:`Segmenter.mask` (input plane, network, mask at the image's
    size) on a 128 px and a 1024 px image; median of 50 after a warm-up.
 3. Masks on every source of the shared set (Cohen PA and lateral, RSNA, Montgomery test
-   patients, Shenzhen), by the first seed's run: a figure, and per source how many masks
-   :func:`cxrclf.preprocess.lung.lung_problem` rejects.
+   patients, Shenzhen), by the first seed's run: a figure (per source the first accepted
+   masks and up to two rejected ones), and per source how many masks
+   :func:`cxrclf.preprocess.lung.lung_problem` rejects, and which.
 """
 
 from __future__ import annotations
@@ -114,12 +115,14 @@ def masks_on_sources(run: Path, data: Path, figure: Path | None, per_source_show
             problem = lung_problem(mask)
             if problem:
                 problems.append({"file": file.name, "problem": problem})
-            if len(shown.setdefault(source, [])) < per_source_shown:
-                shown[source].append((file.name, overlay(pixels, mask), problem))
+            shown.setdefault(source, {"accepted": [], "rejected": []})
+            kind = "rejected" if problem else "accepted"
+            if len(shown[source][kind]) < per_source_shown:
+                shown[source][kind].append((file.name, overlay(pixels, mask), problem))
         result[source] = {"images": len(files), "rejected": len(problems), "mean_lung_area": round(float(np.mean(areas)), 3) if areas else None,
                           "rejected_files": problems}
-    if figure is not None:
-        _figure(shown, figure)
+    if figure is not None:  # per source the first accepted masks, and up to two rejected ones
+        _figure({source: (v["accepted"][:per_source_shown - min(2, len(v["rejected"]))] + v["rejected"][:2]) for source, v in shown.items()}, figure)
     return result
 
 
@@ -144,12 +147,17 @@ def _figure(shown: dict, path: Path) -> None:
                 ax.imshow(picture)
                 ax.set_title(("REJECTED " if problem else "") + name[:18], fontsize=6, color="red" if problem else "black")
         axes[r, 0].text(-0.08, 0.5, source, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
-    fig.suptitle("Lung masks of the segmenter trained on Montgomery (green, outlined); red titles: rejected as no pair of lung fields", fontsize=9)
+    fig.suptitle("Lung masks of the segmenter trained on Montgomery (green, outlined); REJECTED: not a pair of lung fields (lung_problem)", fontsize=9)
     fig.tight_layout()
     buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    io.write_bytes(path, buffer.getvalue())
+    from PIL import Image
+
+    buffer.seek(0)
+    small = stdio.BytesIO()  # a 256-colour palette: a third of the bytes, no visible loss
+    Image.open(buffer).convert("RGB").quantize(256).save(small, format="PNG", optimize=True)
+    io.write_bytes(path, small.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:

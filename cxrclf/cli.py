@@ -17,15 +17,18 @@ from typer.core import TyperGroup
 
 from cxrclf import folders
 from cxrclf.choices import Augment, Denoise, Device, ExplainMethod, Fit, Inpaint, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
+from cxrclf.cli_help import Typer
+from cxrclf.demo import DemoSettings
 from cxrclf.errors import CxrclfError
+from cxrclf.preprocess.params import PreprocessParams  # the defaults of `preprocess` (imports numpy and OpenCV: about 0.1 s)
 
-app = typer.Typer(
+app = Typer(
     name="cxrclf",
     help="Leakage-free classification of posteroanterior chest X-rays: normal, COVID-19, other pneumonia, tuberculosis.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # click's plain help: wraps at any width, never cuts option names, never reads [brackets] as markup
 )
 
 _state = {"debug": os.environ.get("CXRCLF_DEBUG", "") not in ("", "0")}
@@ -54,21 +57,21 @@ def fuse(
     rsna: Annotated[Optional[Path], typer.Option(help="RSNA pneumonia folder (stage_2_*.csv + stage_2_train_images/).")] = None,
     nlm: Annotated[Optional[Path], typer.Option(help="NLM tuberculosis folder: Montgomery, Shenzhen, or a parent of both.")] = None,
     shenzhen: Annotated[Optional[Path], typer.Option(help="A separate Shenzhen folder (ChinaSet_AllFiles or its parent).")] = None,
-    table: Annotated[Optional[list[Path]], typer.Option("--table", help="Your own images: a CSV of path,finding[,patient_id,view,sex,age]. Repeatable.")] = None,
+    table: Annotated[Optional[list[Path]], typer.Option("--table", metavar="CSV", help="Your own images: a CSV of path,finding[,patient_id,view,sex,age]. Repeatable.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = folders.FUSED,
-    views: Annotated[list[str], typer.Option("--views", help="Radiographic views to keep (repeatable or comma-separated).")] = ["PA"],
+    views: Annotated[list[str], typer.Option("--views", metavar="VIEW[,VIEW]", help="Radiographic views to keep (repeatable or comma-separated).")] = ["PA"],
     rsna_not_normal: Annotated[RsnaNotNormal, typer.Option(help="RSNA 'No Lung Opacity / Not Normal': exclude, or normal (the paper's choice).")] = RsnaNotNormal.exclude,
     test_frac: Annotated[float, typer.Option(help="Fraction of images for the test split.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Fraction of images for the validation split.")] = 0.1,
     folds: Annotated[int, typer.Option(help="Cross-validation folds over train+val.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the patient-level split.")] = 0,
     near_duplicate_bits: Annotated[int, typer.Option(help="Images whose perceptual hashes differ in at most this many of 256 bits are kept in one split.")] = 24,
-    workers: Annotated[int, typer.Option(help="Parallel decoding processes (default: all cores).")] = os.cpu_count() or 1,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    workers: Annotated[int, typer.Option(help="Parallel decoding processes.", show_default="all cores")] = os.cpu_count() or 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
 ) -> None:
     """Merge Cohen, RSNA and NLM (and your own tables) into one patient-level split dataset."""
-    from cxrclf.console import console, count_table, progress_bar, key_value_table
+    from cxrclf.console import console, count_table, progress_bar, key_value_table, wrote
     from cxrclf.data.fuse import FuseOptions, fuse as run_fuse
 
     options = FuseOptions(
@@ -92,24 +95,26 @@ def fuse(
     }))
     for finding, source in report["single_source_findings"].items():
         console.print(f"[yellow]warning:[/yellow] every {finding} image comes from {source}: a model can learn the source instead of the finding")
-    console.print(f"wrote {out}/manifest.csv, {out}/images/ and {out}/fuse_report.json")
+    wrote([out / "manifest.csv", f"{out / 'images'}/", out / "fuse_report.json"])
 
 
 @app.command()
 def audit(
-    manifest: Annotated[Path, typer.Argument(help="A manifest.csv or the folder holding it.")] = folders.FUSED,
+    manifest: Annotated[Path, typer.Argument(help="A manifest.csv or the folder holding it.", metavar="MANIFEST")] = folders.FUSED,
     near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash distance (of 256 bits) counted as near-identical.")] = 24,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Check a manifest for leakage between splits. Exit 1 when any is found."""
-    from cxrclf.console import console, count_table, key_value_table
+    from cxrclf.console import console, count_table, heading, key_value_table, status
     from cxrclf.data.audit import audit as run_audit
 
-    result = run_audit(manifest, near_duplicate_bits)
+    with status(f"auditing {manifest}", quiet=as_json):
+        result = run_audit(manifest, near_duplicate_bits)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        console.print(key_value_table(f"Leakage audit of {manifest}", {
+        heading("Leakage audit of", manifest)
+        console.print(key_value_table(None, {
             "rows": result["rows"],
             "patients in several splits": len(result["patients_in_several_splits"]),
             "identical images across splits": len(result["identical_images_across_splits"]),
@@ -126,32 +131,32 @@ def audit(
 
 @app.command()
 def preprocess(
-    source: Annotated[Path, typer.Argument(help="A fused folder, or one image file for a preview.")] = folders.FUSED,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/preprocessed), or OUT.png for a one-image preview.")] = None,
-    size: Annotated[int, typer.Option(help="Output side in pixels (the paper: 331).")] = 331,
-    channels: Annotated[int, typer.Option(help="3 (grey replicated) or 1.")] = 3,
-    fit: Annotated[Fit, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = Fit.stretch,
-    text_threshold: Annotated[Optional[float], typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = None,
+    source: Annotated[Path, typer.Argument(help="A fused folder, or one image file for a preview.", metavar="SOURCE")] = folders.FUSED,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder, or OUT.png for a one-image preview.", show_default=str(folders.PREPROCESSED))] = None,
+    size: Annotated[int, typer.Option(help="Output side in pixels (the paper: 331).")] = PreprocessParams.size,
+    channels: Annotated[int, typer.Option(help="3 (grey replicated) or 1.")] = PreprocessParams.channels,
+    fit: Annotated[Fit, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = Fit(PreprocessParams.fit),
+    text_threshold: Annotated[float, typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = PreprocessParams.text_threshold,
     no_text_removal: Annotated[bool, typer.Option("--no-text-removal", help="Skip text and marker removal.")] = False,
-    inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = Inpaint.telea,
-    inpaint_radius: Annotated[Optional[float], typer.Option(help="Inpainting radius in pixels.")] = None,
-    denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = Denoise.adaptive_tv,
-    tv_weight: Annotated[Optional[str], typer.Option(help="TV strength lambda, or 'auto': chosen per image from its estimated noise.", show_default="auto")] = None,
-    tv_k: Annotated[Optional[float], typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = None,
-    tv_sigma: Annotated[Optional[float], typer.Option(help="Gaussian sigma of the edge detector.")] = None,
-    tv_iterations: Annotated[Optional[int], typer.Option(help="Solver iterations.")] = None,
-    lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = Lung.none,
+    inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = Inpaint(PreprocessParams.inpaint),
+    inpaint_radius: Annotated[float, typer.Option(help="Inpainting radius in pixels.")] = PreprocessParams.inpaint_radius,
+    denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = Denoise(PreprocessParams.denoise),
+    tv_weight: Annotated[Optional[str], typer.Option(help="TV strength lambda, or 'auto': chosen per image from its estimated noise.")] = str(PreprocessParams.tv_weight),
+    tv_k: Annotated[float, typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = PreprocessParams.tv_k,
+    tv_sigma: Annotated[float, typer.Option(help="Gaussian sigma of the edge detector.")] = PreprocessParams.tv_sigma,
+    tv_iterations: Annotated[int, typer.Option(help="Solver iterations.")] = PreprocessParams.tv_iterations,
+    lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = Lung(PreprocessParams.lung),
     lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for --lung crop|mask (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
-    lung_margin: Annotated[Optional[float], typer.Option(help="Margin around the lungs, a fraction of their box's side.", show_default="0.05")] = None,
-    workers: Annotated[int, typer.Option(help="Parallel processes (default: all cores).")] = os.cpu_count() or 1,
+    lung_margin: Annotated[float, typer.Option(help="Margin around the lungs, a fraction of their box's side.")] = PreprocessParams.lung_margin,
+    workers: Annotated[int, typer.Option(help="Parallel processes.", show_default="all cores")] = os.cpu_count() or 1,
     figures: Annotated[int, typer.Option(help="Write stage-by-stage panels with histograms for this many images.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output made with other parameters.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output made with other parameters.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Remove burned-in text, denoise (adaptive TV) and resize; resumable and parallel."""
     from dataclasses import replace
 
-    from cxrclf.console import console, count_table, progress_bar
+    from cxrclf.console import console, count_table, path_line, progress_bar, wrote
     from cxrclf.preprocess.lung import lung_params
     from cxrclf.preprocess.params import PreprocessParams, parse_tv_weight
 
@@ -167,22 +172,23 @@ def preprocess(
         if out is None:
             raise CxrclfError("a one-image preview needs --out OUT.png", source)
         height, width = preview(source, out, params)
-        console.print(f"wrote {out} ({width}x{height}x{params.channels}) from {source}")
+        wrote([out], label=f"wrote a {width}x{height}x{params.channels} preview")
         return
     from cxrclf.preprocess.batch import preprocess_folder
 
     out = out or folders.PREPROCESSED
     if not source.exists():
         raise CxrclfError("no such folder or image (run `cxrclf fuse` first, or name a fused folder)", source)
-    console.print(f"reading {source}, writing {out}") if not as_json else None
+    if not as_json:
+        path_line(f"reading {source}, writing {out}")
     with progress_bar("preprocessing", quiet=as_json) as update:
         summary = preprocess_folder(source, out, params, workers=max(1, workers), figures=figures, overwrite=overwrite, progress=update)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     console.print(count_table("Preprocessed images per split and finding", summary["split_x_finding"], "split"))
-    console.print(f"{summary['processed_now']} processed now, {summary['reused']} already done, {summary['skipped']} skipped (see {out}/skipped.csv)")
-    console.print(f"wrote {out}/manifest.csv, {out}/images/ and {out}/preprocess.json" + (f" and {out}/figures/" if figures else ""))
+    console.print(f"{summary['processed_now']} processed now, {summary['reused']} already done, {summary['skipped']} skipped (listed in skipped.csv)")
+    wrote([out / "manifest.csv", f"{out / 'images'}/", out / "preprocess.json", out / "skipped.csv"] + ([f"{out / 'figures'}/"] if figures else []))
 
 
 def _class_constants(values: list[str]) -> dict[str, float]:
@@ -202,7 +208,7 @@ def train(
     strategy: Annotated[Strategy, typer.Option(help="oversample (scenarios R*) or weighted (class-weighted loss, scenarios C*).")],
     classes: Annotated[int, typer.Option(help="2 (COVID-19 vs rest), 3 (normal, COVID-19, other) or 4.")],
     data: Annotated[Path, typer.Option(help="Preprocessed folder.")] = folders.PREPROCESSED,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<model>-<scenario>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder.", show_default="runs/<model>-<scenario>")] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size (the paper: 10).")] = 10,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", show_default="the recipe's: 1e-4 paper, 3e-4 small-data")] = None,
@@ -211,24 +217,27 @@ def train(
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (found offline first).")] = True,
     weights: Annotated[Optional[Path], typer.Option(help="Pretrained backbone weights (.safetensors or .pth).")] = None,
     trainable_blocks: Annotated[Optional[str], typer.Option(help="Fine-tune the last N backbone blocks, or 'all'.", show_default="the recipe's: 4 paper, all small-data")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Network input side (default: the model's pretrained configuration).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Network input side.", show_default="the model's pretrained configuration")] = None,
     dropout: Annotated[float, typer.Option(help="Dropout of the 128-unit head.")] = 0.5,
     fold: Annotated[Optional[int], typer.Option(help="Validate on this cross-validation fold instead of the val split.")] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Train every fold into RUN/fold-K/ and summarise mean and std.")] = False,
-    class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
+    class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", metavar="CLASS=NUMBER", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
     select_by: Annotated[Optional[SelectBy], typer.Option(help="Keep the best epoch by validation loss or AUC.", show_default="the recipe's: loss paper, auc small-data")] = None,
     recipe: Annotated[Recipe, typer.Option(help="paper (Adam, last blocks, no augmentation but the oversampled copies) or small-data (AdamW, warm-up and cosine, all blocks with layer-wise decay, augmentation, label smoothing, weight averaging).")] = Recipe.paper,
     augment: Annotated[Optional[Augment], typer.Option(help="Override the recipe's augmentation: copies (the paper's), none, light or strong.", show_default="the recipe's: copies paper, light small-data")] = None,
-    exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
+    exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", metavar="SOURCE", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
-    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    tensorboard: Annotated[bool, typer.Option(help="Also log to RUN/tensorboard (needs cxrclf[tensorboard]).")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch.", show_default="PyTorch's choice")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to RUN/tensorboard (needs cxrclf[tensorboard]).")] = False,
 ) -> None:
     """Fine-tune a model on the preprocessed data: the paper's six scenarios and more."""
-    from cxrclf.console import console, train_display
-    from cxrclf.train.loop import TrainOptions, cross_validate, train as run_train
+    from cxrclf.console import console, path_line, status, train_display, wrote
+
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    with status("loading PyTorch", quiet=quiet):
+        from cxrclf.train.loop import TrainOptions, cross_validate, train as run_train
 
     if cv and fold is not None:
         raise CxrclfError("--fold and --cv contradict each other; choose one")
@@ -243,8 +252,8 @@ def train(
         device=device, threads=workers,
         resume=resume, overwrite=overwrite, tensorboard=tensorboard,
     )
-    quiet = int(os.environ.get("RANK", "0")) != 0
-    console.print(f"reading {data}") if not quiet else None
+    if not quiet:
+        path_line(f"reading {data}")
     with train_display(epochs, quiet=quiet) as callbacks:
         if cv:
             summary = cross_validate(options, **callbacks)
@@ -256,7 +265,7 @@ def train(
         outcome = summary["outcome"]
         best = outcome["best"] or {}
         console.print(f"best epoch {outcome['best_epoch']} of {outcome['epochs_run']}: val loss {best.get('val_loss')}, val AUC {best.get('val_auc')}")
-        console.print(f"wrote {summary['run']} (config.json, model.safetensors, metrics.csv, train.log)")
+        wrote([summary["run"]], label="wrote the run (config.json, model.safetensors, metrics.csv, train.log)")
 
 
 @app.command()
@@ -270,17 +279,17 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation-<data>-<split>; with --table, where the table files go).")] = None,
     table: Annotated[bool, typer.Option("--table", help="Compare runs in the shape of the paper's Table 4.")] = False,
     table_format: Annotated[TableFormat, typer.Option("--format", help="Table format.")] = TableFormat.md,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing evaluation folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing evaluation folder.")] = False,
     tta: Annotated[int, typer.Option(help="Test-time augmentation: average over this many fixed small shifts and scales (1: none; at most 8).")] = 1,
-    allow_unfinished: Annotated[bool, typer.Option(help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
-    workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.")] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.", show_default="all cores")] = os.cpu_count() or 1,
     lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run: report the mean share of Grad-CAM inside the lungs, per class and source.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
     from cxrclf import io
-    from cxrclf.console import console, evaluation_table
+    from cxrclf.console import console, evaluation_table, status, wrote
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate as run_evaluate
     from cxrclf.evaluate.report import scenario_markdown, scenario_rows
 
@@ -292,7 +301,9 @@ def evaluate(
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
                                   out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, tta=tta, device=device, workers=max(1, workers),
                                   lung_model=lung_model)
-        results.append(run_evaluate(options))
+        with status(f"evaluating {run or 'the latest run'} on its {split.value} split" if data is None else f"evaluating {run or 'the latest run'} on {data}",
+                    quiet=as_json):
+            results.append(run_evaluate(options))
         if not as_json and not table:
             console.print(evaluation_table(results[-1]))
             attention = results[-1].get("lung_attention")
@@ -301,11 +312,13 @@ def evaluate(
                 console.print("Grad-CAM inside the lung fields: " + ("n/a" if share is None else f"{share:.0%} on average"))
                 for warning in attention["warnings"]:
                     console.print(f"[yellow]warning:[/yellow] {warning}")
-            console.print(f"wrote {results[-1]['out']}/ (report.md, metrics.json, predictions.csv, figures)")
+            wrote([f"{results[-1]['out']}/report.md"], label="wrote (metrics.json, predictions.csv and figures beside it)")
     if table:
         rows = scenario_rows(results)
         table_csv = io.csv_text(list(rows[0]), [list(r.values()) for r in rows])
         if out:
+            for name in ("scenario_table.md", "scenario_table.csv"):  # the rule of every output: replaced only with --overwrite
+                io.check_output_file(out / name, overwrite=overwrite)
             io.write_text(out / "scenario_table.md", scenario_markdown(rows))
             io.write_text(out / "scenario_table.csv", table_csv)
         typer.echo((io.json_text(rows) if as_json else scenario_markdown(rows) if table_format is TableFormat.md else table_csv).rstrip("\n"))
@@ -320,12 +333,13 @@ def predict(
     model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON array, an object per input.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --csv file.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (16 was fastest on a 2-core CPU).")] = 16,
-    withhold_flagged: Annotated[bool, typer.Option(help="Give no label to images the input checks or the out-of-distribution guard flag.")] = False,
+    withhold_flagged: Annotated[bool, typer.Option("--withhold-flagged", help="Give no label to images the input checks or the out-of-distribution guard flag.")] = False,
     tta: Annotated[int, typer.Option(help="Test-time augmentation: average over this many fixed small shifts and scales (1: none; at most 8).")] = 1,
-    allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
-    workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.")] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.", show_default="all cores")] = os.cpu_count() or 1,
 ) -> None:
     """Classify X-ray images with a trained run, preprocessing them exactly as in training; flag images unlike its training images."""
     from cxrclf import io
@@ -334,113 +348,115 @@ def predict(
 
     files = collect_inputs(inputs)
     if csv_file is not None:
-        io.check_output_file(csv_file, inputs)
+        io.check_output_file(csv_file, inputs, overwrite=overwrite)
     run = resolve_run(model)
-    from cxrclf.inference import load_predictor
+    from cxrclf.console import status
 
-    predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
+    with status(f"loading {run}", quiet=as_json):
+        from cxrclf.inference import load_predictor
+
+        predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
     if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
         from cxrclf.preprocess.lung import segmenter_for
 
         segmenter_for(predictor.params)
-    results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
+    with status(f"classifying {len(files)} image{'s' if len(files) != 1 else ''}", quiet=as_json):
+        results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
         io.write_text(csv_file, results_csv(results, predictor.class_names))
     if as_json:
         typer.echo(io.json_text(results).rstrip("\n"))
     else:
-        from rich.table import Table
+        from cxrclf.console import console, heading, prediction_rows, warn, wrote
 
-        from cxrclf.console import console, errors
-
-        table = Table(title=f"Predictions of {run}", title_justify="left")
-        table.add_column("file", overflow="fold")
-        table.add_column("predicted")
-        for name in predictor.class_names:
-            table.add_column(name, justify="right")
-        table.add_column("OOD score", justify="right")
+        rows = []
         for r in results:
             if "error" in r:
-                errors.print(f"cxrclf: error: {r['file']}: {r['error']}", highlight=False, markup=False)
+                warn(r["file"], r["error"], kind="error")
                 continue
             for warning in r["warnings"]:
-                errors.print(f"cxrclf: warning: {r['file']}: {warning}", highlight=False, markup=False)
+                warn(r["file"], warning)
             label = r["predicted"] or "withheld"
             score = "n/a" if r["ood_score"] is None else f"{r['ood_score']:.1f}" + (" !" if r["in_distribution"] is False else "")
-            table.add_row(r["file"], label if r["in_distribution"] is not False else f"{label} (flagged)", *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names), score)
-        console.print(table)
+            rows.append((r["file"], [label if r["in_distribution"] is not False else f"{label} (flagged)",
+                                     *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names), score]))
+        if rows:
+            heading("Predictions of", run)
+            prediction_rows("file", ["predicted", *predictor.class_names, "OOD score"], rows)
         if predictor.guard is None:
             console.print("note: this run carries no out-of-distribution guard (trained before cxrclf had one); only the input checks ran")
         if csv_file:
-            console.print(f"wrote {csv_file}")
+            wrote([csv_file])
     if any("error" in r for r in results):
         raise typer.Exit(1)
 
 
 @app.command()
 def explain(
-    image: Annotated[Path, typer.Argument(help="One image file (PNG, JPEG or DICOM).")],
+    image: Annotated[Path, typer.Argument(help="One image file (PNG, JPEG or DICOM).", metavar="IMAGE")],
     model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).")] = None,
     method: Annotated[ExplainMethod, typer.Option(help="lime (superpixels) or gradcam (class activation map).")] = ExplainMethod.lime,
     target: Annotated[Optional[str], typer.Option(help="Class to explain (default: the predicted class).")] = None,
     num_samples: Annotated[int, typer.Option(help="LIME perturbation samples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of LIME's sampling.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (default explanations/<image>.<method>.png).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output PNG.")] = False,
-    allow_unfinished: Annotated[bool, typer.Option(help="Use a run whose training did not finish (its best weights so far).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output PNG.")] = False,
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for the share of attribution inside the lungs (default: the run's own, if it crops or masks).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print probabilities, the top regions and the in-lung share as JSON.")] = False,
 ) -> None:
     """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM, and how much of it lies in the lungs."""
-    from cxrclf.explain.explain import explain_image
-    from cxrclf.inference import load_predictor
+    from cxrclf.console import progress_bar, status
     from cxrclf.runs import resolve_run
 
     run = resolve_run(model)
-    result = explain_image(load_predictor(run, device, allow_unfinished=allow_unfinished), image, method=method, target=target,
-                           num_samples=num_samples, seed=seed, out=out, overwrite=overwrite, lung_model=lung_model)
+    with status(f"loading {run}", quiet=as_json):
+        from cxrclf.explain.explain import explain_image
+        from cxrclf.inference import load_predictor
+
+        predictor = load_predictor(run, device, allow_unfinished=allow_unfinished)
+    with progress_bar("LIME samples", quiet=as_json, unit="images") as update:
+        result = explain_image(predictor, image, method=method, target=target, num_samples=num_samples, seed=seed, out=out,
+                               overwrite=overwrite, lung_model=lung_model, progress=update)
     result.pop("attribution")
     if as_json:
         from cxrclf import io
 
         typer.echo(io.json_text(result).rstrip("\n"))
         return
-    from cxrclf.console import console
-
-    from cxrclf.console import errors
+    from cxrclf.console import console, indented, path_line, warn, wrote
 
     for warning in result["warnings"]:
-        errors.print(f"cxrclf: warning: {image}: {warning}", highlight=False, markup=False)
-    console.print(f"{image}: predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}")
+        warn(image, warning)
+    path_line(image)
+    indented(f"predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}", 2)
     if result["lung_model"] is not None:
         share = result["in_lung_share"]
         console.print("no positive attribution to place" if share is None else f"{share:.0%} of the positive attribution lies inside the lung fields")
-    console.print(f"wrote {result['out']} (model {run})")
+    wrote([result["out"]])
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's sources, data, run and explanations.")] = Path("cxrclf-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the phantoms, the split and training.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = DemoSettings.epochs,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing demo folder.")] = False,
 ) -> None:
     """Run fuse, audit, preprocess, train, evaluate, predict and explain on built-in synthetic phantoms."""
-    from cxrclf.console import console, evaluation_table, train_display
+    from dataclasses import replace
+
+    from cxrclf.console import announce, console, evaluation_table, path_line, train_display, wrote
     from cxrclf.demo import run_demo
 
-    def announce(stage: str, detail: str) -> None:
-        console.print(f"[bold green]{stage:>10}[/bold green]  {detail}")
-
-    with train_display(epochs) as callbacks:
-        callbacks.pop("on_info", None)
-        result = run_demo(out, seed=seed, epochs=epochs, overwrite=overwrite, announce=announce, train_callbacks=callbacks)
+    console.print(f"cxrclf demo: every stage on synthetic phantoms (nothing is downloaded), into {out}", highlight=False, markup=False, soft_wrap=True)
+    result = run_demo(out, seed=seed, settings=replace(DemoSettings(), epochs=epochs), overwrite=overwrite, announce=announce, train_display=train_display)
     evaluated = result.stages["evaluate"]
     console.print(evaluation_table(evaluated))
-    console.print(f"report:       {evaluated['out']}/report.md (figures beside it)")
-    console.print(f"explanations: {', '.join(result.stages['explain'])}")
-    console.print(f"next: cxrclf predict IMAGE --model {result.stages['train']['run']}")
+    wrote([f"{evaluated['out']}/report.md", *result.stages["explain"]], label="report (figures beside it) and explanations")
+    console.print("next:")
+    path_line(f"  cxrclf predict IMAGE --model {result.stages['train']['run']}")
 
 
 class _SegmentGroup(TyperGroup):
@@ -452,9 +468,9 @@ class _SegmentGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-segment_app = typer.Typer(cls=_SegmentGroup, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                          help="Lung fields: masks and overlays for images ([bold]cxrclf segment IMAGE...[/bold]), or train the segmenter "
-                               "([bold]cxrclf segment train[/bold]).")
+segment_app = Typer(cls=_SegmentGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                    help="Lung fields: masks and overlays for images (cxrclf segment IMAGE...), or train the segmenter "
+                         "(cxrclf segment train).")
 app.add_typer(segment_app, name="segment")
 
 
@@ -475,9 +491,9 @@ def segment_train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, scale, shift, gamma, contrast and noise on training images.")] = True,
     val_frac: Annotated[float, typer.Option(help="Fraction of patients for validation (choosing the best epoch).")] = 0.15,
     test_frac: Annotated[float, typer.Option(help="Fraction of patients held out for the Dice and IoU in the run folder.")] = 0.2,
-    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch (default: PyTorch's choice).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing segmentation run folder.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch.", show_default="PyTorch's choice")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing segmentation run folder.")] = False,
 ) -> None:
     """Train the lung segmenter on X-rays with lung masks; Dice and IoU on held-out patients."""
     from cxrclf.console import console
@@ -504,7 +520,7 @@ def segment_apply(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
     model: Annotated[Optional[Path], typer.Option(help="Segmentation run (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for <image>.mask.png and <image>.overlay.png.")] = Path("segmentations"),
-    overwrite: Annotated[bool, typer.Option(help="Replace existing mask and overlay files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing mask and overlay files.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Lung masks (0/255 PNG, the image's size) and overlays for X-ray images; flags images without a pair of lung fields."""

@@ -1,19 +1,94 @@
-"""Rendering for humans (rich tables, progress) in one place; machines get JSON from the commands."""
+"""Rendering for humans (rich tables, progress) in one place; machines get JSON from the commands.
+
+Rules that hold at any terminal width and in pipes (where rich assumes 80 columns):
+
+- A file or folder name is never cut or broken: it is printed on a line of its own (or at the
+  end of one) without wrapping (``soft_wrap``), so the terminal may fold it visually but a copy
+  pastes whole, and a pipe gets it in one piece; it is never parsed as markup.
+- A table that would not fit the width with every cell whole is not squeezed (rich would cut
+  or fold its cells): it is folded into one block per row instead, its key on a line of its own.
+- Colour follows rich's rules: none in pipes, none with ``NO_COLOR`` set.
+- Nothing runs silently for more than a moment: slow, quiet steps (imports, loading a model)
+  show a spinner with the elapsed time on stderr (:func:`status`), long loops a progress bar.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "announce", "console", "count_table", "errors", "evaluation_table", "fits", "heading", "indented", "key_value_table", "path_line", "prediction_rows",
+    "progress_bar", "status", "train_display", "warn", "wrote",
+]
 
 console = Console()
 errors = Console(stderr=True)
 
 
-def count_table(title: str, counts: dict[str, dict[str, int]], row_name: str) -> Table:
+# ----------------------------------------------------------------------------- lines with paths
+
+def path_line(text: str | Path, target: Console | None = None, style: str | None = None) -> None:
+    """One line that holds a path: never wrapped or cut by rich, never read as markup."""
+    (target or console).print(Text(str(text), style=style or ""), soft_wrap=True, highlight=False)
+
+
+def heading(text: str, path: str | Path | None = None, target: Console | None = None) -> None:
+    """A bold heading, with a path at its end (``Predictions of runs/latest``) kept whole."""
+    line = Text(text, style="bold")
+    if path is not None:
+        line.append(f" {path}")
+    (target or console).print(line, soft_wrap=True, highlight=False)
+
+
+def wrote(paths: Iterable[str | Path], label: str = "wrote") -> None:
+    """``wrote`` and then each path on a line of its own, indented: pasteable at any width."""
+    console.print(f"{label}:", highlight=False, markup=False)
+    for path in paths:
+        path_line(f"  {path}")
+
+
+def warn(path: str | Path, message: str, kind: str = "warning") -> None:
+    """``cxrclf: warning: FILE: MESSAGE`` on stderr, in one unbroken line (a file name inside must paste whole)."""
+    errors.print(Text(f"cxrclf: {kind}: {path}: {message}"), soft_wrap=True, highlight=False)
+
+
+def indented(text: str, indent: int, first: str = "", target: Console | None = None, first_style: str = "") -> None:
+    """``text`` wrapped at spaces to the width with a hanging ``indent`` (``first`` in the indent of
+    the first line); words, paths among them, are never broken, and lines carry no trailing blanks."""
+    target = target or console
+    lines = textwrap.wrap(text, width=max(20, target.width - indent), break_long_words=False, break_on_hyphens=False) or [""]
+    for number, line in enumerate(lines):
+        lead = Text(f"{first:>{indent - 2}}  " if number == 0 and first else " " * indent, style=first_style if number == 0 else "")
+        target.print(lead + Text(line), soft_wrap=True, highlight=False)
+
+
+def announce(stage: str, detail: str, path: str | Path | None = None) -> None:
+    """A stage of a multi-step command: the stage name in a column of its own, the detail wrapped
+    beside it, then the file or folder the stage wrote on its own line."""
+    indented(detail, 12, first=stage, first_style="bold green")
+    if path is not None:
+        path_line(f"{'':12}{path}")
+
+
+# ----------------------------------------------------------------------------- tables
+
+def fits(table: Table, target: Console | None = None) -> bool:
+    """Whether ``table`` renders within the width with no cell cut, folded or wrapped."""
+    target = target or console
+    natural = Measurement.get(target, target.options.update(max_width=1_000_000), table)  # unclamped: the width it wants
+    return natural.maximum <= target.width
+
+
+def count_table(title: str | None, counts: dict[str, dict[str, int]], row_name: str) -> Table:
     """A rows x columns table of integer counts, with a total row."""
     columns: list[str] = []
     for values in counts.values():
@@ -34,7 +109,7 @@ def count_table(title: str, counts: dict[str, dict[str, int]], row_name: str) ->
     return table
 
 
-def key_value_table(title: str, values: dict[str, object]) -> Table:
+def key_value_table(title: str | None, values: dict[str, object]) -> Table:
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -43,65 +118,27 @@ def key_value_table(title: str, values: dict[str, object]) -> Table:
     return table
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, quiet: bool = False) -> Iterator:
-    """Yields ``update(done, total)``: a rich bar with rate and ETA on stderr.
+def prediction_rows(key_header: str, headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], target: Console | None = None) -> None:
+    """Rows keyed by a file name: a table where every cell fits whole, else one block per row.
 
-    The bar appears at the first update, so a command that fails while checking its
-    inputs prints only its one-line error.
+    The folded form puts the key (a path) on a line of its own and the values, ``header value``,
+    wrapped beneath it, so neither a file name nor a column header is ever cut.
     """
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if quiet:
-            return
-        if "progress" not in state:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-            state["progress"] = Progress(*columns, console=errors, transient=False)
-            state["progress"].start()
-            state["task"] = state["progress"].add_task(description, total=total, rate="")
-        progress = state["progress"]
-        elapsed = progress.tasks[0].elapsed or 0.0
-        rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
-        progress.update(state["task"], completed=done, total=total, rate=rate)
-
-    try:
-        yield update
-    finally:
-        if "progress" in state:
-            state["progress"].stop()
-
-
-@contextlib.contextmanager
-def train_display(epochs: int, quiet: bool = False) -> Iterator[dict]:
-    """Callbacks for :func:`cxrclf.train.loop.train`: a step bar with images/s and ETA, a line per epoch."""
-    if quiet:
-        yield {}
+    target = target or console
+    table = Table()
+    table.add_column(key_header, no_wrap=True)
+    for column, header in enumerate(headers):
+        numbers = all(_numeric(values[column]) for _, values in rows)
+        table.add_column(header, justify="right" if numbers else "left", no_wrap=True)
+    for key, values in rows:
+        table.add_row(Text(key), *values)
+    if fits(table, target):
+        target.print(table)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    progress = Progress(*columns, console=errors, transient=True)
-    state: dict = {}
-
-    def on_step(epoch: int, done: int, total: int, rate: float) -> None:
-        if state.get("epoch") != epoch:
-            if "task" in state:
-                progress.remove_task(state["task"])
-            state["task"] = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, rate="")
-            state["epoch"] = epoch
-        progress.update(state["task"], completed=done, rate=f"{rate:.1f} img/s")
-
-    def on_epoch(row: dict) -> None:
-        recalls = " ".join(f"{k[len('val_recall_'):]}={v}" for k, v in row.items() if k.startswith("val_recall_"))
-        progress.console.print(
-            f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-            f"acc {row['val_accuracy']:.3f}  AUC {row['val_auc']}  recall {recalls}  {row['images_per_s']} img/s" + ("  [green]best[/green]" if row["best"] else "")
-        )
-
-    def on_info(message: str) -> None:
-        progress.console.print(message)
-
-    with progress:
-        yield {"on_step": on_step, "on_epoch": on_epoch, "on_info": on_info}
+    for key, values in rows:
+        path_line(key, target)
+        for line in _pack([f"{h} {v}" for h, v in zip(headers, values)], target.width - 4):
+            target.print(Text("    " + line), soft_wrap=True, highlight=False)
 
 
 def evaluation_table(result: dict) -> Table:
@@ -129,3 +166,107 @@ def evaluation_table(result: dict) -> Table:
     calibration = result["calibration"]
     table.add_row("ECE / Brier", f"{calibration['ece']:.3f} / {calibration['brier']:.3f}", "")
     return table
+
+
+# ----------------------------------------------------------------------------- progress
+
+def _bar_columns() -> tuple:
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+@contextlib.contextmanager
+def status(message: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr while a slow step that prints nothing runs
+    (importing PyTorch, loading a model, scoring a test set); gone when it ends."""
+    if quiet:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors, transient=True) as progress:
+        progress.add_task(message, total=None)
+        yield
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool = False, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """Yields ``update(done, total)``: a rich bar with rate (``unit``/s) and ETA on stderr.
+
+    The bar appears at the first update, so a command that fails while checking its
+    inputs prints only its one-line error.
+    """
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if quiet:
+            return
+        if "progress" not in state:
+            state["progress"] = Progress(*_bar_columns(), console=errors, transient=False)
+            state["progress"].start()
+            state["task"] = state["progress"].add_task(description, total=total, rate="")
+        progress = state["progress"]
+        elapsed = progress.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed:.1f} {unit}/s" if elapsed > 0 else ""
+        progress.update(state["task"], completed=done, total=total, rate=rate)
+
+    try:
+        yield update
+    finally:
+        if "progress" in state:
+            state["progress"].stop()
+
+
+@contextlib.contextmanager
+def train_display(epochs: int, quiet: bool = False, starting: str = "starting: reading the images, building the model") -> Iterator[dict]:
+    """Callbacks for :func:`cxrclf.train.loop.train`: a spinner until the first step, then a step bar
+    with images/s and ETA, and two lines per epoch (losses and AUC; recall per class)."""
+    if quiet:
+        yield {}
+        return
+    columns = (SpinnerColumn(), *_bar_columns())
+    progress = Progress(*columns, console=errors, transient=True)
+    state: dict = {"task": progress.add_task(starting, total=None, rate="")}
+
+    def on_step(epoch: int, done: int, total: int, rate: float) -> None:
+        if state.get("epoch") != epoch:
+            progress.remove_task(state["task"])
+            state["task"] = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=total, rate="")
+            state["epoch"] = epoch
+        progress.update(state["task"], completed=done, rate=f"{rate:.1f} img/s")
+
+    def on_epoch(row: dict) -> None:
+        recalls = ", ".join(f"{k[len('val_recall_'):]} {_short(v)}" for k, v in row.items() if k.startswith("val_recall_"))
+        progress.console.print(
+            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  acc {row['val_accuracy']:.3f}  "
+            f"AUC {_short(row['val_auc'])}  {float(row['images_per_s']):.0f} img/s" + ("  [green]best[/green]" if row["best"] else ""), highlight=False)
+        if recalls:
+            indented(f"val recall {recalls}", 11, target=progress.console)
+
+    def on_info(message: str) -> None:
+        progress.console.print(Text(message), soft_wrap=True, highlight=False)
+
+    with progress:
+        yield {"on_step": on_step, "on_epoch": on_epoch, "on_info": on_info}
+
+
+def _pack(items: list[str], width: int, separator: str = ",  ") -> list[str]:
+    """``items`` joined by ``separator`` into lines of at most ``width`` characters, never splitting an item."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(separator) + len(item) <= width:
+            lines[-1] += separator + item
+        else:
+            if lines:
+                lines[-1] += separator.rstrip()
+            lines.append(item)
+    return lines
+
+
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.rstrip(" !"))
+    except ValueError:
+        return cell == "n/a"
+    return True
+
+
+def _short(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

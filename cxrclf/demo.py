@@ -13,7 +13,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from cxrclf import io
 from cxrclf.errors import CxrclfError
@@ -23,18 +23,18 @@ __all__ = ["MODEL", "DemoResult", "DemoSettings", "PERFECT_SCORES_NOTE", "run_de
 MODEL = "resnet-baseline"   # trained from scratch: needs no pretrained weights
 
 PERFECT_SCORES_NOTE = (
-    "> **Why every score here is perfect.** These are the demo's synthetic phantoms, not X-rays: each finding is drawn "
-    "as a distinct, noise-free pattern, and every COVID-19 image comes from one archive (Cohen) and every tuberculosis "
-    "image from another (Montgomery), so both the pattern and the source give the class away. A perfect score on "
-    "phantoms shows that the pipeline runs end to end; it says nothing about real radiographs, where cxrclf's own "
-    "results are far from perfect (see docs/validity.md)."
+    "> **Why the scores here are perfect.** These are the demo's synthetic phantoms, not X-rays: each finding is drawn "
+    "as its own unmistakable pattern on the same simple anatomy, and every COVID-19 image comes from one archive (Cohen) "
+    "and every tuberculosis image from another (Montgomery), so both the pattern and the source give the class away. "
+    "A perfect score on phantoms shows that the pipeline runs end to end; it says nothing about real radiographs, where "
+    "cxrclf's results are far from perfect (see docs/validity.md)."
 )
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """How big the demo is. The defaults were chosen by measurement (docs/performance.md): every
-    stage in well under a minute on 2 cores, with a test macro AUC of 1.0 on the phantoms."""
+    """How big the demo is. The defaults were chosen by measurement (docs/performance.md): the
+    whole demo in well under a minute on 2 cores, with a test macro AUC of 1.0 on the phantoms."""
 
     per_class: int = 30         # phantoms per finding (written per source as in the real fusion)
     phantom_size: int = 128     # side of the written phantoms, in pixels
@@ -43,7 +43,7 @@ class DemoSettings:
     lime_samples: int = 300     # LIME perturbations (the command's default is 1000)
     bootstrap: int = 1000       # resamples for the evaluation's intervals
     # One PyTorch thread: the demo's model is small, and on cores that other processes also use,
-    # two OpenMP threads that spin-wait for each other trained 10 to 20 times slower than one.
+    # two OpenMP threads spin-wait for each other (a training step: 133 img/s on one, 10 on two).
     threads: int = 1
 
 
@@ -54,14 +54,16 @@ class DemoResult:
 
 
 def run_demo(out: Path, seed: int = 0, settings: DemoSettings = DemoSettings(), overwrite: bool = False,
-             announce: Callable[..., None] = lambda stage, detail, path=None: None, train_callbacks: dict | None = None) -> DemoResult:
+             announce: Callable[..., None] = lambda stage, detail, path=None: None,
+             train_display: Callable[[int], ContextManager[dict]] | None = None) -> DemoResult:
     """Every stage on synthetic phantoms under ``out``; an existing demo folder is replaced only when the new one is complete.
 
-    ``announce(stage, detail, path=None)`` is called as each stage ends (``path``: the file or folder it wrote or read).
+    ``announce(stage, detail, path=None)`` is called as each stage ends (``path``: the file or folder it wrote);
+    ``train_display(epochs)`` gives the training callbacks while training runs (see :func:`cxrclf.console.train_display`).
     """
     out = Path(out)
-    with io.rebuilt_in_place(out, overwrite, kind="demo"), _torch_threads(settings.threads):
-        return _stages(out, seed, settings, announce, train_callbacks)
+    with io.rebuilt_in_place(out, overwrite, kind="demo"):
+        return _stages(out, seed, settings, announce, train_display or (lambda epochs: contextlib.nullcontext({})))
 
 
 @contextlib.contextmanager
@@ -77,7 +79,7 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_callbacks) -> DemoResult:
+def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_display) -> DemoResult:
     from cxrclf.data import audit, synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
     from cxrclf.preprocess.batch import preprocess_folder
@@ -106,19 +108,27 @@ def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_callba
     result.stages["preprocess"] = summary
     announce("preprocess", f"text removed, adaptive-TV denoised, resized to {settings.size} px", prepared)
 
-    from cxrclf.train.loop import TrainOptions, train
-
-    run_dir = out / "runs" / f"{MODEL}-RM4"
     announce("train", f"{MODEL} from scratch, 4 classes, oversampling, {settings.epochs} epochs at {settings.size} px")
-    trained = train(TrainOptions(model=MODEL, strategy="oversample", classes=4, data=prepared, out=run_dir, epochs=settings.epochs,
-                                 patience=settings.epochs, batch_size=16, lr=2e-3, seed=seed, image_size=settings.size,
-                                 threads=settings.threads), **(train_callbacks or {}))
+    run_dir = out / "runs" / f"{MODEL}-RM4"
+    with train_display(settings.epochs) as callbacks:
+        from cxrclf.train.loop import TrainOptions, train  # imports PyTorch: inside the display, whose spinner shows meanwhile
+
+        with _torch_threads(settings.threads):
+            trained = train(TrainOptions(model=MODEL, strategy="oversample", classes=4, data=prepared, out=run_dir, epochs=settings.epochs,
+                                         patience=settings.epochs, batch_size=16, lr=2e-3, seed=seed, image_size=settings.size,
+                                         threads=settings.threads), **{k: v for k, v in callbacks.items() if k != "on_info"})
     result.stages["train"] = trained
     announce("train", f"best epoch {trained['outcome']['best_epoch']} of {trained['outcome']['epochs_run']}", run_dir)
+    with _torch_threads(settings.threads):
+        _use_the_run(out, seed, settings, announce, prepared, sources, run_dir, result)
+    return result
 
+
+def _use_the_run(out: Path, seed: int, settings: DemoSettings, announce, prepared: Path, sources: dict, run_dir: Path, result: DemoResult) -> None:
+    """Evaluate, predict (the photograph included) and explain with the demo's run."""
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
 
-    evaluated = evaluate(EvaluateOptions(run=run_dir, bootstrap=settings.bootstrap, seed=seed, workers=workers))
+    evaluated = evaluate(EvaluateOptions(run=run_dir, bootstrap=settings.bootstrap, seed=seed, workers=os.cpu_count() or 1))
     _add_note(Path(evaluated["out"]) / "report.md", PERFECT_SCORES_NOTE)
     result.stages["evaluate"] = evaluated
     interval = evaluated["intervals"]["macro_auc"]
@@ -152,7 +162,6 @@ def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_callba
         pictures.append(explained["out"])
     result.stages["explain"] = pictures
     announce("explain", f"LIME ({settings.lime_samples} samples) and Grad-CAM of {covid.name}", explanations)
-    return result
 
 
 def _write_photograph(path: Path) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrclf.demo import DemoSettings
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -22,16 +24,27 @@ def test_readme_demo_command_works(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cxrclf", "demo", *demo_args], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "cxrclf-demo"
-    assert "report:" in done.stdout and "explanations:" in done.stdout
     run = out / "runs" / "resnet-baseline-RM4"
     evaluation = run / "evaluation-own-test"
+    lines = done.stdout.splitlines()
+    pictures = sorted((out / "explanations").glob("*.png"))
+    for path in (evaluation.resolve() / "report.md", *(p.relative_to(tmp_path) for p in pictures)):
+        assert f"  {path}" in lines, f"{path} is not printed whole on a line of its own"
+    # the colour photograph is predicted with the X-rays, and flagged
+    photograph = next(i for i, line in enumerate(lines) if line.strip() == str(Path("cxrclf-demo") / "photographs" / "astronaut.png"))
+    assert "FLAGGED: real colour" in " ".join(lines[photograph - 3:photograph])
+    assert sum(line.lstrip().startswith("predict ") for line in lines) == 5  # one X-ray per finding, then the photograph
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["point"]["macro_auc"] > 0.9, metrics["point"]  # the model learned
     assert metrics["intervals"]["macro_auc"][0] > 0.5
     for name in ("report.md", "predictions.csv", "roc.png", "confusion_matrix.png", "reliability.png", "training_curves.png"):
         assert (evaluation / name).is_file(), name
     assert len(pd.read_csv(run / "metrics.csv")) >= 1
-    assert sorted(p.name.split(".")[1] for p in (out / "explanations").glob("*.png")) == ["gradcam", "lime"]
+    assert sorted(p.name.split(".")[1] for p in pictures) == ["gradcam", "lime"]
+    report = (evaluation / "report.md").read_text()
+    assert report.index("Why the scores here are perfect") < report.index("## Headline")
     assert (out / "runs" / "latest").resolve() == run.resolve()
     manifest = pd.read_csv(out / "data" / "fused" / "manifest.csv")
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
+    assert len(manifest) == 4 * DemoSettings().per_class and metrics["n_images"] >= 8
+

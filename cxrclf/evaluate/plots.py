@@ -54,15 +54,33 @@ def confusion_matrix_png(path: Path, matrix: list[list[int]], class_names: list[
     return _save(fig, path)
 
 
+# Curves that coincide (every perfect curve runs up the left edge and along the top) must stay
+# visible: each class gets its own dash pattern and marker, and the earlier ones are drawn
+# wider, so a curve lying on another shows as a stripe inside it.
+ROC_STYLES = (("-", "o"), ((0, (5, 2)), "s"), ((0, (1, 1.5)), "^"), ((0, (6, 2, 1, 2)), "D"), ((0, (3, 3)), "v"), ((0, (1, 3)), "P"))
+
+
 def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], per_class_auc: list[float]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    for c, name in enumerate(class_names):
-        positive = labels == c
-        if positive.any() and (~positive).any():
-            fpr, tpr = roc_curve_points(positive, probabilities[:, c])
-            ax.plot(fpr, tpr, label=f"{name} (AUC {per_class_auc[c]:.3f})")
-    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--")
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
+    drawn = [c for c in range(len(class_names)) if (labels == c).any() and (labels != c).any()]
+    curves = {c: roc_curve_points(labels == c, probabilities[:, c]) for c in drawn}
+    same: dict[bytes, list[str]] = {}
+    for c, (fpr, tpr) in curves.items():
+        same.setdefault(np.stack([fpr, tpr]).tobytes(), []).append(class_names[c])
+    coinciding = [names for names in same.values() if len(names) > 1]
+    if coinciding:
+        ax.text(0.98, 0.35, "\n".join("on one curve: " + ", ".join(names) for names in coinciding), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="0.3", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+    for order, c in enumerate(drawn):
+        fpr, tpr = curves[c]
+        linestyle, marker = ROC_STYLES[c % len(ROC_STYLES)]
+        width = 1.5 + 1.5 * (len(drawn) - 1 - order)
+        ax.plot(fpr, tpr, color=f"C{c}", linestyle=linestyle, linewidth=width, marker=marker, markersize=4 + width,
+                markevery=(0.04 * order, 0.25), fillstyle="none", markeredgewidth=1.5, label=f"{class_names[c]} (AUC {per_class_auc[c]:.3f})")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title("ROC, one class against the rest")

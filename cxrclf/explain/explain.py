@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,8 +24,11 @@ def default_out(image_path: Path, method: ExplainMethod | str) -> Path:
 
 
 def explain_image(predictor, image_path: Path, method: ExplainMethod | str = ExplainMethod.lime, target: str | None = None, num_samples: int = 1000,
-                  seed: int = 0, out: Path | None = None, overwrite: bool = False, lung_model: Path | None = None) -> dict:
+                  seed: int = 0, out: Path | None = None, overwrite: bool = False, lung_model: Path | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the explanation PNG; return probabilities, the explained class, the top regions and the in-lung share.
+
+    ``progress(done, total)`` follows LIME's perturbed images as the model scores them (Grad-CAM is one pass).
 
     ``in_lung_share``: the share of the positive attribution inside the lung fields of the
     model's input, found by ``lung_model`` (a segmentation run), else by the segmenter of the
@@ -44,7 +48,10 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
 
     decoded = decode(image_path)
     warnings = input_warnings(decoded.pixels, decoded.info)
-    plane = predictor.plane_from_decoded(decoded.pixels)
+    try:
+        plane = predictor.plane_from_decoded(decoded.pixels)
+    except CxrclfError as exc:  # e.g. a run that crops to the lungs, and no lungs in this image
+        raise CxrclfError(exc.reason, exc.path or image_path) from exc
     probabilities, _, scores = predictor.assess(plane[None])
     probabilities, score = probabilities[0], float(scores[0])
     if predictor.flagged(scores)[0]:
@@ -53,7 +60,7 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
     target = target or predicted
     target_index = predictor.class_names.index(target)
     if method is ExplainMethod.lime:
-        segments, weights = lime.explain_lime(predictor, plane, target_index, num_samples, seed)
+        segments, weights = lime.explain_lime(predictor, plane, target_index, num_samples, seed, progress=progress)
         attribution = lime.weight_map(segments, weights)
         regions = lime.top_regions(segments, weights)
         picture = overlay.lime_overlay(plane, segments, weights)
@@ -68,7 +75,7 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
 
     picture, subtitle, lung = lung_share_on_figure(predictor, plane, attribution, picture, subtitle, lung_model)
     title = f"{image_path.name}: predicted {predicted} | " + ", ".join(f"{n} {p:.3f}" for n, p in zip(predictor.class_names, probabilities))
-    overlay.write(out, plane, picture, title, subtitle)
+    overlay.write(out, plane, picture, title, subtitle, colorbar=None if method is ExplainMethod.lime else "Grad-CAM (scaled to 0-1)")
     return {
         "file": str(image_path), "method": method.value, "target": target, "predicted": predicted,
         "probabilities": {n: float(p) for n, p in zip(predictor.class_names, probabilities)},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from typing import Callable
 
 import numpy as np
 
@@ -32,14 +33,29 @@ def segments_for(plane: np.ndarray, count: int = 60) -> np.ndarray:
     return slic(plane.astype(np.float32) / 255.0, n_segments=count, compactness=0.08, channel_axis=None, start_label=0, enforce_connectivity=True)
 
 
-def explain_lime(predictor, plane: np.ndarray, target: int, num_samples: int = 1000, seed: int = 0, batch_size: int | None = None, segments: int = 60):
-    """(superpixel map, weight per superpixel) for class ``target``."""
+def explain_lime(predictor, plane: np.ndarray, target: int, num_samples: int = 1000, seed: int = 0, batch_size: int | None = None, segments: int = 60,
+                 progress: Callable[[int, int], None] | None = None):
+    """(superpixel map, weight per superpixel) for class ``target``.
+
+    ``progress(done, num_samples)`` is called after each batch of perturbed images the model
+    has scored (the model's time is nearly all of LIME's time), and once with ``(0, num_samples)``
+    before the first.
+    """
     from lime import lime_image
 
     batch_size = batch_size or default_batch(predictor)
+    scored = 0
 
     def classify(images: np.ndarray) -> np.ndarray:
-        return predictor.probabilities(images[..., 0], batch_size)
+        nonlocal scored
+        probabilities = predictor.probabilities(images[..., 0], batch_size)
+        scored += len(images)
+        if progress:
+            progress(min(scored, num_samples), num_samples)
+        return probabilities
+
+    if progress:
+        progress(0, num_samples)
 
     segmentation = segments_for(plane, segments)
     explainer = lime_image.LimeImageExplainer(random_state=seed)

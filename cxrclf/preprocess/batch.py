@@ -9,7 +9,6 @@ with ``figures``, ``figures/<image_id>.png`` panels of every stage with its hist
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
 import tempfile

@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["dice", "encode_mask", "encode_overlay", "iou", "mask_from_probabilities", "overlay"]
 
 # Components smaller than this share of the largest are dropped: stray specks, not a lung.
-MIN_COMPONENT_SHARE = 0.1
+MIN_COMPONENT_SHARE = 0.2
 
 
 def mask_from_probabilities(probabilities: np.ndarray, shape: tuple[int, int], threshold: float = 0.5, keep: int = 2) -> np.ndarray:
