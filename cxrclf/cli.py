@@ -296,6 +296,9 @@ def evaluate(
     targets = runs or [None]
     if len(targets) > 1 and not table:
         raise CxrclfError("several runs need --table (or evaluate them one at a time)")
+    if table and out:  # before any evaluation runs: an existing table is refused at once
+        for name in ("scenario_table.md", "scenario_table.csv"):
+            io.check_output_file(out / name, overwrite=overwrite)
     results = []
     for run in targets:
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
@@ -317,8 +320,6 @@ def evaluate(
         rows = scenario_rows(results)
         table_csv = io.csv_text(list(rows[0]), [list(r.values()) for r in rows])
         if out:
-            for name in ("scenario_table.md", "scenario_table.csv"):  # the rule of every output: replaced only with --overwrite
-                io.check_output_file(out / name, overwrite=overwrite)
             io.write_text(out / "scenario_table.md", scenario_markdown(rows))
             io.write_text(out / "scenario_table.csv", table_csv)
         typer.echo((io.json_text(rows) if as_json else scenario_markdown(rows) if table_format is TableFormat.md else table_csv).rstrip("\n"))

@@ -77,7 +77,8 @@ class Env:
         target = self.tmp / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if Path(source).is_dir():
-            shutil.copytree(source, target, symlinks=True)
+            # other tests evaluate the shared run: its evaluation folders are not part of the input
+            shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("evaluation-*"))
         else:
             shutil.copy2(source, target)
         return target

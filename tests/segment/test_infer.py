@@ -36,7 +36,7 @@ def test_cli_masks_and_overlays_for_png_jpeg_and_dicom(run_cli, tiny_segmenter, 
     for row, expected in zip(rows, ("chest.mask.png", "chest-2.mask.png", "chest-3.mask.png")):
         mask = read_image(row["mask"]) > 127
         assert row["mask"].endswith(expected) and mask.shape == (128, 128)
-        assert dice(mask, truth) >= 0.85, row  # measured 0.90-0.92
+        assert dice(mask, truth) >= 0.85, row  # measured 0.916 (PNG)
         assert row["warning"] is None and row["lung_area"] == pytest.approx(mask.mean())
         overlay = read_image(row["overlay"])
         assert overlay.shape == (128, 128)
