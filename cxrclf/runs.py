@@ -31,15 +31,11 @@ from cxrclf import folders, io
 from cxrclf.choices import Augment, Recipe, SelectBy, Strategy, parse
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import SCHEMES
-from cxrclf.preprocess.params import PreprocessParams
+from cxrclf.preprocess.params import PreprocessParams, required_fields
 
-__all__ = ["DataSpec", "Execution", "ModelSpec", "Outcome", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
+__all__ = ["DataSpec", "Execution", "Fields", "ModelSpec", "Outcome", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
 
 FORMAT_VERSION = 2
-# the preprocessing fields every run has recorded since cxrclf 0.1; fields added since then
-# default, when absent, to what an older run did (PreprocessParams documents each)
-PREPROCESS_FIELDS_ALWAYS_WRITTEN = ("size", "channels", "fit", "work_size", "remove_text", "text_threshold", "inpaint", "inpaint_radius",
-                                    "denoise", "tv_weight", "tv_k", "tv_sigma", "tv_iterations")
 FINISHED, TRAINING = "finished", "training"
 MAX_INPUT_SIZE = 2048
 
@@ -51,8 +47,8 @@ def scenario_code(strategy: Strategy | str, classes: int) -> str:
 
 # ----------------------------------------------------------------------------- validation
 
-class _Fields:
-    """Typed reads from one JSON object, each failure one line naming the field."""
+class Fields:
+    """Typed reads from one JSON object, each failure one line naming the field (run and segmentation configs use it)."""
 
     def __init__(self, document: Any, prefix: str, source: Path | None):
         if not isinstance(document, dict):
@@ -116,10 +112,10 @@ class _Fields:
             raise self._fail(key, "a JSON object")
         return value
 
-    def child(self, key: str) -> "_Fields":
+    def child(self, key: str) -> "Fields":
         if not isinstance(self.document.get(key), dict):
             raise self._fail(key, "a JSON object")
-        return _Fields(self.document[key], f"{self.prefix}{key}.", self.source)
+        return Fields(self.document[key], f"{self.prefix}{key}.", self.source)
 
 
 # ----------------------------------------------------------------------------- the config
@@ -142,7 +138,7 @@ class ModelSpec:
         return len(self.class_names)
 
     @classmethod
-    def parse(cls, f: _Fields) -> "ModelSpec":
+    def parse(cls, f: Fields) -> "ModelSpec":
         class_names = f.strings("class_names")
         schemes = {tuple(s.classes): k for k, s in SCHEMES.items()}
         if class_names not in schemes:
@@ -169,7 +165,7 @@ class DataSpec:
     exclude_sources: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, f: _Fields) -> "DataSpec":
+    def parse(cls, f: Fields) -> "DataSpec":
         return cls(folder=f.str("folder"), manifest_sha256=f.str("manifest_sha256", ""), fold=f.optional_int("fold", 0, 1000),
                    exclude_sources=f.strings("exclude_sources", []))
 
@@ -191,7 +187,7 @@ class TrainingSpec:
     augment: Augment = Augment.copies
 
     @classmethod
-    def parse(cls, f: _Fields) -> "TrainingSpec":
+    def parse(cls, f: Fields) -> "TrainingSpec":
         constants = f.mapping("class_constants", {})
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in constants.values()):
             raise f._fail("class_constants", "an object of positive numbers")
@@ -214,7 +210,7 @@ class Execution:
     versions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, f: _Fields) -> "Execution":
+    def parse(cls, f: Fields) -> "Execution":
         return cls(device=f.str("device", "auto"), threads=f.optional_int("threads", 1, 4096), tensorboard=f.bool("tensorboard", False),
                    versions={str(k): str(v) for k, v in f.mapping("versions", {}).items()})
 
@@ -230,7 +226,7 @@ class Outcome:
     class_weights: dict[str, float] | None = None
 
     @classmethod
-    def parse(cls, f: _Fields) -> "Outcome":
+    def parse(cls, f: Fields) -> "Outcome":
         best = f.document.get("best")
         weights = f.document.get("class_weights")
         return cls(epochs_run=f.int("epochs_run", 0, 10**7, 0), stopped_early=f.bool("stopped_early", False), best_epoch=f.int("best_epoch", -1, 10**7, -1),
@@ -284,13 +280,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, document: Any, source: Path | None = None) -> "RunConfig":
-        root = _Fields(document, "", source)
+        root = Fields(document, "", source)
         version = root.int("format_version", 1, FORMAT_VERSION, 1)
         if version == 1:
             document = _upgrade_v1(document, source)
-            root = _Fields(document, "", source)
+            root = Fields(document, "", source)
         preprocess = root.mapping("preprocess")
-        missing = sorted(set(PREPROCESS_FIELDS_ALWAYS_WRITTEN) - set(preprocess))
+        missing = sorted(required_fields() - set(preprocess))  # fields added later default to what older runs did
         if missing:
             raise CxrclfError(f"field preprocess lacks {', '.join(missing)} (an incomplete or foreign run folder; its images would be "
                               "preprocessed differently from training)", source)

@@ -90,9 +90,12 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     params = predictor.params.to_dict() if needs_preprocessing else None
     tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
     decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
-    failed = [(rows["path"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
-    if failed:
-        raise CxrclfError(f"cannot read {len(failed)} image(s), first: {failed[0][1]}", root / failed[0][0])
+    failed = [(rows["image_id"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
+    if len(failed) == len(rows):
+        raise CxrclfError(f"none of the {len(rows)} image(s) could be used, first: {failed[0][1]}", root / rows["path"].iloc[0])
+    if failed:  # skipped and reported (an image without lung fields, a damaged file), not a failed evaluation
+        keep = [i for i, d in enumerate(decoded) if "error" not in d]
+        rows, decoded = rows.iloc[keep].reset_index(drop=True), [decoded[i] for i in keep]
     planes = np.stack([d["plane"] for d in decoded])
     members = predictor.assess_members(planes) if hasattr(predictor, "members") else None
     probabilities, features, scores = predictor.combine(members) if members else predictor.assess(planes)
@@ -107,6 +110,7 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     out["ood_score"] = scores
     out["input_warnings"] = ["; ".join(d["warnings"]) for d in decoded]
     out["flagged"] = flagged | (out["input_warnings"] != "").to_numpy()
+    out.attrs["skipped"] = [{"image_id": image_id, "reason": reason} for image_id, reason in failed]
     return out, features, None if members is None else [m[0] for m in members]
 
 
@@ -221,6 +225,7 @@ def evaluate(options: EvaluateOptions) -> dict:
         "run": str(run), "model": config.model.name, "scenario": config.scenario + (f" ensemble of {len(folds)} folds" if folds else ""),
         "data": str(data.resolve()), "split": options.split.value, "external": not own_data, "tta": options.tta,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
+    result["skipped_images"] = predictions.attrs.get("skipped", [])
     if folds:
         result["folds"] = fold_spread(predictions, members, predictor.class_names)
     training = _training_rows(config, ensemble=bool(folds))

@@ -32,6 +32,10 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if "bootstrap" in result:
         b = result["bootstrap"]
         lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
+    skipped = result.get("skipped_images") or []
+    if skipped:
+        lines += ["", f"{len(skipped)} image(s) could not be used and are left out of every figure below; first: "
+                  f"{skipped[0]['image_id']} ({skipped[0]['reason']}). All of them are listed in metrics.json."]
     lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result) + _lung_lines(result)
     lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:

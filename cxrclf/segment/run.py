@@ -23,7 +23,7 @@ from typing import Any
 
 from cxrclf import folders, io
 from cxrclf.errors import CxrclfError
-from cxrclf.runs import FINISHED, TRAINING, Execution, RunFolder, _Fields
+from cxrclf.runs import FINISHED, TRAINING, Execution, RunFolder, Fields
 
 __all__ = ["DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun", "SegmentTraining",
            "SegmenterSpec", "resolve_segment_run"]
@@ -46,7 +46,7 @@ class SegmenterSpec:
     pretrained_source: str = ""
 
     @classmethod
-    def parse(cls, f: _Fields) -> "SegmenterSpec":
+    def parse(cls, f: Fields) -> "SegmenterSpec":
         channels = f.numbers("decoder_channels", tuple(range(2, 9)), 1, 4096)
         if not all(c == int(c) for c in channels):
             raise f._fail("decoder_channels", "a list of whole numbers")
@@ -68,7 +68,7 @@ class SegmentData:
     per_split: dict[str, dict[str, int]] = field(default_factory=dict)   # split -> {"images", "patients"}
 
     @classmethod
-    def parse(cls, f: _Fields) -> "SegmentData":
+    def parse(cls, f: Fields) -> "SegmentData":
         per_split = f.mapping("per_split", {})
         if not all(isinstance(v, dict) for v in per_split.values()):
             raise f._fail("per_split", "an object of {images, patients} objects")
@@ -89,7 +89,7 @@ class SegmentTraining:
     augment: bool = True
 
     @classmethod
-    def parse(cls, f: _Fields) -> "SegmentTraining":
+    def parse(cls, f: Fields) -> "SegmentTraining":
         return cls(epochs=f.int("epochs", 1, 100_000, 40), batch_size=f.int("batch_size", 1, 100_000, 8), lr=f.float("lr", 1e-12, 10.0, 1e-3),
                    patience=f.int("patience", 1, 100_000, 10), seed=f.int("seed", -(2**63), 2**63 - 1, 0), pretrained=f.bool("pretrained", True),
                    augment=f.bool("augment", True))
@@ -104,7 +104,7 @@ class SegmentOutcome:
     test: dict | None = None
 
     @classmethod
-    def parse(cls, f: _Fields) -> "SegmentOutcome":
+    def parse(cls, f: Fields) -> "SegmentOutcome":
         val, test = f.document.get("val"), f.document.get("test")
         return cls(epochs_run=f.int("epochs_run", 0, 10**7, 0), best_epoch=f.int("best_epoch", -1, 10**7, -1),
                    val=val if isinstance(val, dict) else None, test=test if isinstance(test, dict) else None)
@@ -141,7 +141,7 @@ class SegmentConfig:
 
     @classmethod
     def from_dict(cls, document: Any, source: Path | None = None) -> "SegmentConfig":
-        root = _Fields(document, "", source)
+        root = Fields(document, "", source)
         kind = document.get("kind")
         if kind != KIND:
             what = "a classification run" if "class_names" in (document.get("model") or {}) or kind is None else f"a {kind!r} folder"

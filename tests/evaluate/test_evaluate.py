@@ -51,7 +51,7 @@ def test_threshold_is_chosen_on_validation_labels_only(trained_run, preprocessed
         return original(positive, score, sensitivity)
 
     monkeypatch.setattr(evaluation.operating, "choose_threshold", spy)
-    evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1))
+    evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1, overwrite=True))
     manifest = pd.read_csv(preprocessed_synthetic / "manifest.csv")
     assert seen == [int((manifest.split == "val").sum())]
 
@@ -123,3 +123,17 @@ def test_changed_training_data_and_foreign_out_folder_are_refused(run_cli, train
     assert refused.exit_code == 2 and "--overwrite" in refused.stderr and (mine / "notes.txt").exists()
     refused = run_cli("evaluate", trained_run, "--out", mine, "--bootstrap", "0", "--overwrite")
     assert refused.exit_code == 2 and "not made by cxrclf" in refused.stderr and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_an_unusable_image_is_skipped_and_reported_not_fatal(run_cli, trained_run, preprocessed_synthetic, tmp_path):
+    data = tmp_path / "prep"
+    shutil.copytree(preprocessed_synthetic, data)
+    manifest = pd.read_csv(data / "manifest.csv")
+    broken = manifest[manifest.split == "test"].iloc[0]
+    (data / broken.path).write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    result = run_cli("evaluate", trained_run, "--data", data, "--bootstrap", "0", "--out", tmp_path / "e", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert [s["image_id"] for s in found["skipped_images"]] == [broken.image_id]
+    assert found["n_images"] == int((manifest.split == "test").sum()) - 1
+    assert "1 image(s) could not be used" in (tmp_path / "e" / "report.md").read_text()
