@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "MARKER", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_json", "refuse_overlap", "remove_stale_partials",
+    "MARKER", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
     "rebuilt_in_place", "sha256_file", "staged_folder", "swap_into_place", "write_bytes", "write_json", "write_text",
 ]
 
@@ -76,9 +76,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def jsonable(value):
-    """``value`` with NaN as null and numpy scalars as Python numbers (JSON has no NaN)."""
+    """``value`` with NaN as null, numpy scalars as Python numbers and choices as their strings (JSON has none of them)."""
     import math
+    from enum import Enum
 
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -114,6 +117,24 @@ def read_json(path: Path, what: str = "JSON file") -> dict:
     if not isinstance(document, dict):
         raise CxrclfError(f"{what} must hold a JSON object", path)
     return document
+
+
+def read_csv_rows(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a user's CSV (keys and values stripped); one-line errors for a missing file, bad encoding or missing columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise CxrclfError(f"{what} not found", path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CxrclfError(f"not a readable CSV ({exc.__class__.__name__})", path) from exc
+    for needed in required:
+        if needed not in header:
+            raise CxrclfError(f"missing column {needed!r} (a {what} needs {','.join(required)})", path)
+    return rows
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:

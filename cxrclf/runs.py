@@ -262,20 +262,11 @@ class RunConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        def plain(value):
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # an Enum choice
-                return value.value
-            return value
-
         return {
             "format_version": self.format_version, "status": self.status, "scenario": self.scenario,
-            "model": plain(asdict(self.model)), "preprocess": self.preprocess.to_dict(), "data": plain(asdict(self.data)),
-            "training": plain(asdict(self.training)), "execution": plain(asdict(self.execution)), "outcome": plain(asdict(self.outcome)),
-            "guard": plain(self.guard),
+            "model": io.jsonable(asdict(self.model)), "preprocess": self.preprocess.to_dict(), "data": io.jsonable(asdict(self.data)),
+            "training": io.jsonable(asdict(self.training)), "execution": io.jsonable(asdict(self.execution)), "outcome": io.jsonable(asdict(self.outcome)),
+            "guard": io.jsonable(self.guard),
         }
 
     @classmethod

@@ -17,7 +17,6 @@ half its range.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from cxrclf.data import imageio
 from cxrclf.data.sources import nlm
 from cxrclf.errors import CxrclfError
+from cxrclf.io import read_csv_rows
 
 __all__ = ["MaskPair", "find_pairs", "pairs_from_csv", "pairs_from_nlm", "read_mask", "read_pair", "split_patients", "table_sha256"]
 
@@ -82,18 +82,7 @@ def pairs_from_nlm(folder: Path) -> tuple[list[MaskPair], dict]:
 def pairs_from_csv(csv_path: Path) -> list[MaskPair]:
     """Pairs listed in a CSV with columns ``image,mask`` (and optionally ``patient_id``)."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise CxrclfError("mask CSV not found", csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CxrclfError(f"not a readable CSV ({exc.__class__.__name__})", csv_path) from exc
-    for needed in ("image", "mask"):
-        if needed not in header:
-            raise CxrclfError(f"missing column {needed!r} (a mask table needs image,mask[,patient_id])", csv_path)
+    rows = read_csv_rows(csv_path, ("image", "mask"), "mask CSV")
     root = csv_path.parent.resolve()
     source = "table:" + csv_path.stem
     pairs = []

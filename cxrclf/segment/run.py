@@ -128,16 +128,9 @@ class SegmentConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        def plain(value):
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value
-
-        return {"kind": KIND, "format_version": self.format_version, "status": self.status, "model": plain(asdict(self.model)),
-                "data": plain(asdict(self.data)), "training": asdict(self.training), "execution": plain(asdict(self.execution)),
-                "outcome": plain(asdict(self.outcome))}
+        return {"kind": KIND, "format_version": self.format_version, "status": self.status, "model": io.jsonable(asdict(self.model)),
+                "data": io.jsonable(asdict(self.data)), "training": asdict(self.training), "execution": io.jsonable(asdict(self.execution)),
+                "outcome": io.jsonable(asdict(self.outcome))}
 
     @classmethod
     def from_dict(cls, document: Any, source: Path | None = None) -> "SegmentConfig":

@@ -8,13 +8,12 @@ Relative paths resolve against the CSV's folder. ``finding`` may be a cxrclf fin
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex
 from cxrclf.data.sources.cohen import map_finding
-from cxrclf.errors import CxrclfError
+from cxrclf.io import read_csv_rows
 from cxrclf.labels import FINDINGS
 
 __all__ = ["read", "source_name"]
@@ -26,18 +25,7 @@ def source_name(csv_path: Path) -> str:
 
 def read(csv_path: Path, views: tuple[str, ...]) -> SourceRows:
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise CxrclfError("table CSV not found", csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CxrclfError(f"not a readable CSV ({exc})", csv_path) from exc
-    for needed in ("path", "finding"):
-        if needed not in header:
-            raise CxrclfError(f"missing column {needed!r} (a table needs path,finding)", csv_path)
+    rows = read_csv_rows(csv_path, ("path", "finding"), "table CSV")
     source = source_name(csv_path)
     root = csv_path.parent.resolve()
     wanted = {v.strip().upper() for v in views}
@@ -50,7 +38,7 @@ def read(csv_path: Path, views: tuple[str, ...]) -> SourceRows:
             out.exclusions.append(Exclusion(source, relative, "unrecognised finding", f"finding {text!r}"))
             continue
         view = row.get("view", "").upper()
-        if "view" in header and view not in wanted:
+        if "view" in row and view not in wanted:  # every row has the header's keys
             out.exclusions.append(Exclusion(source, relative, "view not requested" if view else "view not recorded", f"view {view}"))
             continue
         path = Path(relative)
