@@ -51,7 +51,7 @@ RECIPES: dict[Recipe, RecipeSpec] = {
     Recipe.paper: RecipeSpec(optimizer="adam", weight_decay=0.0, warmup_epochs=0.0, schedule="constant", layer_decay=None, label_smoothing=0.0,
                              ema_decay=None, augment=Augment.copies, trainable_blocks=4, lr=1e-4, stop_on="loss"),
     Recipe.small_data: RecipeSpec(optimizer="adamw", weight_decay=0.05, warmup_epochs=1.0, schedule="cosine", layer_decay=0.75, label_smoothing=0.1,
-                                  ema_decay=0.99, augment=Augment.light, trainable_blocks="all", lr=3e-4, stop_on="auc"),
+                                  ema_decay=0.9, augment=Augment.light, trainable_blocks="all", lr=3e-4, stop_on="auc"),
 }
 
 
