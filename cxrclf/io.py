@@ -29,7 +29,7 @@ from cxrclf.errors import CxrclfError
 
 __all__ = [
     "MARKER", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
-    "rebuilt_in_place", "sha256_file", "staged_folder", "swap_into_place", "write_bytes", "write_json", "write_text",
+    "rebuilt_in_place", "sha256_file", "staged_folder", "swap_into_place", "writing_place", "write_bytes", "write_json", "write_text",
 ]
 
 MARKER = ".cxrclf"  # in every folder cxrclf makes; its content names the kind of output
@@ -359,6 +359,27 @@ def rebuilt_in_place(out: Path, overwrite: bool, kind: str, inputs: Iterable[Pat
             raise
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing_place(out: Path, kind: str, replace: bool) -> Iterator[Path]:
+    """Where a command writes its folder (the caller holds its lock): ``out`` itself when new or
+    resumed, or, when it replaces an earlier output, a stage beside it swapped in once complete."""
+    out = Path(out)
+    if not replace:
+        out.mkdir(parents=True, exist_ok=True)
+        mark(out, kind)
+        yield out
+        return
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    os.chmod(stage, 0o777 & ~_UMASK)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    mark(stage, kind)
+    swap_into_place(stage, out, replace=True)
 
 
 def swap_into_place(stage: Path, out: Path, replace: bool) -> None:

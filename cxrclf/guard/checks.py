@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the one definition of an image's header fields
+    from cxrclf.data.imageio import ImageInfo
 
 # --- header rules -------------------------------------------------------------------------
 
@@ -101,21 +104,7 @@ MAX_COLOURFULNESS = 0.12
 _MAX_SAMPLED_SIDE = 1024
 
 
-class ImageHeader(Protocol):
-    """The fields of ``cxrclf.data.imageio.ImageInfo`` that :func:`input_warnings` reads."""
-
-    format: str
-    width: int
-    height: int
-    frames: int
-    modality: str
-    view_position: str
-    body_part: str
-    photometric: str
-    colourfulness: float
-
-
-def input_warnings(pixels: np.ndarray, info: ImageHeader | None = None, *,
+def input_warnings(pixels: np.ndarray, info: ImageInfo | None = None, *,
                    trained_views: Collection[str] | None = None) -> list[str]:
     """Reasons to distrust the model's answer for this image; empty when every rule passes.
 
@@ -133,7 +122,7 @@ def input_warnings(pixels: np.ndarray, info: ImageHeader | None = None, *,
     return warnings + pixel_warnings(pixels, colourfulness=getattr(info, "colourfulness", None))
 
 
-def header_warnings(info: ImageHeader, *, trained_views: Collection[str] | None = None) -> list[str]:
+def header_warnings(info: ImageInfo, *, trained_views: Collection[str] | None = None) -> list[str]:
     """The header rules of :func:`input_warnings` (modality, view, body part, frames)."""
     warnings = []
     modality = _field(info, "modality")

@@ -8,12 +8,9 @@ with ``figures``, ``figures/<image_id>.png`` panels of every stage with its hist
 
 from __future__ import annotations
 
-import contextlib
 import platform
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 
@@ -80,27 +77,6 @@ def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwri
     return "resume"
 
 
-@contextlib.contextmanager
-def _output(out: Path, mode: str) -> Iterator[Path]:
-    """The folder to write into: ``out`` itself (new or resumed), or a stage swapped in at the end."""
-    if mode != "replace":
-        (out / IMAGES).mkdir(parents=True, exist_ok=True)
-        for stale in (out / IMAGES).glob(".*.tmp"):  # half-written by a killed worker: the image is redone
-            stale.unlink(missing_ok=True)
-        io.mark(out, "preprocessed")
-        yield out
-        return
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        (stage / IMAGES).mkdir()
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    io.mark(stage, "preprocessed")
-    io.swap_into_place(stage, out, replace=True)
-
-
 def preprocess_folder(
     fused: Path,
     out: Path,
@@ -129,7 +105,10 @@ def preprocess_folder(
     with io.folder_lock(out):
         io.remove_stale_partials(out)
         mode = _check_existing(out, params, fused_sha, overwrite, fused_file.parent)
-        with _output(out, mode) as target_folder:
+        with io.writing_place(out, "preprocessed", replace=mode == "replace") as target_folder:
+            (target_folder / IMAGES).mkdir(exist_ok=True)
+            for stale in (target_folder / IMAGES).glob(".*.tmp"):  # half-written by a killed worker: the image is redone
+                stale.unlink(missing_ok=True)
             return _process(frame, fused, fused_file.parent, fused_sha, target_folder, params, workers, figures, resuming=mode == "resume", progress=progress)
 
 

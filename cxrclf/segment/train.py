@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -221,22 +220,8 @@ def _run_folder(setup: _Setup) -> Iterator[SegmentRun]:
     out = setup.out
     with io.folder_lock(out):
         io.remove_stale_partials(out)
-        if setup.replacing:
-            stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-            try:
-                yield SegmentRun(stage)
-            except BaseException:
-                import shutil
-
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-            io.mark(stage, KIND)
-            io.swap_into_place(stage, out, replace=True)
-        else:
-            if not setup.resuming:
-                out.mkdir(parents=True, exist_ok=True)
-                io.mark(out, KIND)
-            yield SegmentRun(out)
+        with io.writing_place(out, KIND, replace=setup.replacing) as folder:
+            yield SegmentRun(folder)
 
 
 def _restore(run: SegmentRun, model, optimizer, config: SegmentConfig) -> _Progress:

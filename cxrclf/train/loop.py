@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -502,22 +501,9 @@ def _run_folder(setup: _Setup) -> Iterator[RunFolder]:
         return
     with io.folder_lock(out):
         io.remove_stale_partials(out)
-        if setup.replacing:
-            stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-            try:
-                yield RunFolder(stage)
-            except BaseException:
-                import shutil
-
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-            io.mark(stage, "run")
-            io.swap_into_place(stage, out, replace=True)
-        else:
-            if not setup.resuming:
-                out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while starting leaves no folder behind
-                io.mark(out, "run")
-            yield RunFolder(out)
+        # a new run is written in place (so --resume finds it after a kill); a replacement beside the old run
+        with io.writing_place(out, "run", replace=setup.replacing) as folder:
+            yield RunFolder(folder)
 
 
 def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None] | None = None, on_epoch: Callable[[dict], None] | None = None,

@@ -7,13 +7,13 @@ times; this reader yields one row per image. The view is only in the DICOM heade
 
 from __future__ import annotations
 
-import csv
 from collections import OrderedDict
 from pathlib import Path
 
 from cxrclf.data.imageio import read_dicom_fields
 from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder
 from cxrclf.errors import CxrclfError
+from cxrclf.io import read_csv_rows
 from cxrclf.labels import NORMAL, OTHER_PNEUMONIA
 
 __all__ = ["CLASSES", "IMAGES", "LABELS", "NOT_NORMAL", "SOURCE", "read"]
@@ -26,19 +26,7 @@ NOT_NORMAL = "No Lung Opacity / Not Normal"
 
 
 def _read_csv(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise CxrclfError("RSNA file not found", path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CxrclfError(f"not a readable CSV ({exc})", path) from exc
-    for column in needed:
-        if column not in header:
-            raise CxrclfError(f"missing column {column!r}", path)
-    return rows
+    return read_csv_rows(path, needed, "RSNA file")
 
 
 def read(folder: Path, views: tuple[str, ...], not_normal: str = "exclude") -> SourceRows:
