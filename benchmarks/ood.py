@@ -1,6 +1,6 @@
 """The out-of-distribution guard on real images: what it flags, what it lets through.
 
-    python benchmarks/ood.py [--shared ../shared/data/cxr-mini] [--work /tmp/cxrclf-ood] [--seeds 0 1] [--epochs 12] [--json]
+    python benchmarks/ood.py [--shared ../shared/data/cxr-mini] [--work /tmp/cxrclf-ood] [--seeds 0 1] [--epochs 12] [--test-frac 0.1] [--json]
 
 For each seed, a ``tf_efficientnet_lite0`` run (real ImageNet weights, 224 px, oversampling,
 4 classes, best epoch by validation AUC) is trained on the shared set *without Shenzhen*
@@ -21,6 +21,13 @@ Gaussian (Mahalanobis distance on the pooled backbone features, what ``train`` f
 the energy score (``-logsumexp`` of the logits), each with its threshold at the 95% quantile
 of the run's validation images. "flagged" is what ``predict`` reports: an input check or the
 Gaussian score.
+
+The batch shift test (:mod:`cxrclf.guard.shift`) runs on every set of at least 20 images, as
+``predict`` runs it (``predict_files(...).shift``); and on random batches of 20 and of 50
+images of the own test split (unseen images of the training sources), each drawn anew
+(without repeating an image inside a batch), 100 draws per size: the share called shifted
+is the false-positive rate. A batch larger than the test split cannot be drawn: a larger
+``--test-frac`` (with a fresh ``--work``) makes a larger test split.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_run(work: Path, shared: Path, seed: int, epochs: int) -> Path:
+def build_run(work: Path, shared: Path, seed: int, epochs: int, test_frac: float = 0.1) -> Path:
     from cxrclf.data.fuse import FuseOptions, fuse
     from cxrclf.preprocess.batch import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
@@ -45,11 +52,14 @@ def build_run(work: Path, shared: Path, seed: int, epochs: int) -> Path:
 
     fused, prepared, run = work / "fused", work / "prep-224", work / f"lite0-RM4-seed{seed}"
     if not (fused / "manifest.csv").is_file():
-        fuse(FuseOptions(cohen=shared / "cohen", rsna=shared / "rsna", nlm=shared / "montgomery", workers=2), fused)
+        fuse(FuseOptions(cohen=shared / "cohen", rsna=shared / "rsna", nlm=shared / "montgomery", test_frac=test_frac, workers=2), fused)
+    elif json.loads((fused / "fuse_report.json").read_text())["options"]["test_frac"] != test_frac:
+        raise SystemExit(f"{fused} was split with another test fraction; use another --work for --test-frac {test_frac}")
     if not (prepared / "manifest.csv").is_file():
         preprocess_folder(fused, prepared, PreprocessParams(size=224), workers=2)
     folder = RunFolder(run)
-    if folder.is_run and folder.read_config().finished and folder.read_config().guard:
+    if folder.is_run and folder.read_config().finished and folder.read_config().guard and folder.read_config().reference \
+            and folder.read_config().training.epochs == epochs:
         return run
     train(TrainOptions(model="tf_efficientnet_lite0", strategy="oversample", classes=4, data=prepared, out=run, epochs=epochs, patience=5,
                        seed=seed, select_by="auc", overwrite=folder.is_run, update_latest=False),
@@ -72,6 +82,8 @@ def image_sets(work: Path, shared: Path, fused: Path) -> dict[str, list[Path]]:
     manifest = read_manifest(fused)
     test = manifest[manifest.split == "test"]
     sets: dict[str, list[Path]] = {"own test split": [folders[r.source] / r.source_file for r in test.itertuples()]}
+    # false alarms on sick patients alone: a dense opacity can hide a lung field from the lung checks
+    sets["own test split, diseased images"] = [folders[r.source] / r.source_file for r in test.itertuples() if r.finding != "normal"]
 
     def write(name: str, stem: str, image: np.ndarray) -> Path:
         path = inputs / name / f"{stem}.png"
@@ -131,6 +143,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 def measure(run: Path, sets: dict[str, list[Path]]) -> list[dict]:
     from cxrclf.data.manifest import read_manifest
     from cxrclf.guard.detector import DEFAULT_QUANTILE, EnergyDetector
+    from cxrclf.guard.lungs import REASONS as LUNG_REASONS
     from cxrclf.inference import Predictor
     from cxrclf.predict import predict_files
 
@@ -149,10 +162,11 @@ def measure(run: Path, sets: dict[str, list[Path]]) -> list[dict]:
         gaussian = np.array([r["ood_score"] for r in good])
         energies = energy.score(logits(predictor, [Path(r["file"]) for r in good]))
         checks = np.array([any(not w.startswith("out of distribution") for w in r["warnings"]) for r in good])
+        lungs = np.array([any(w in LUNG_REASONS for w in r["warnings"]) for r in good])  # the part of the input checks that reads the lungs
         learned = predictor.flagged(gaussian)
         flagged = np.array([r["in_distribution"] is False for r in good])
         covid = np.array([r["predicted"] == "covid19" for r in good])
-        row = {"set": name, "images": len(files), "decoded": len(good), "flagged": float(flagged.mean()), "by input checks": float(checks.mean()),
+        row = {"set": name, "images": len(files), "decoded": len(good), "flagged": float(flagged.mean()), "by input checks": float(checks.mean()), "by lung checks": float(lungs.mean()),
                "by Gaussian score": float(learned.mean()), "by energy score": float(energy.flag(energies).mean()),
                "called COVID-19": int(covid.sum()), "COVID-19 calls flagged": float(flagged[covid].mean()) if covid.any() else None}
         if name == "own test split":
@@ -160,9 +174,41 @@ def measure(run: Path, sets: dict[str, list[Path]]) -> list[dict]:
         else:
             row["AUROC Gaussian"] = auroc(own["gaussian"], gaussian)
             row["AUROC energy"] = auroc(own["energy"], energies)
+        row["batch shift"] = results.shift
         rows.append(row)
         print(f"    {name}: {len(good)} images, flagged {row['flagged']:.0%}", file=sys.stderr)
     return rows
+
+
+def null_batches(run: Path, files: list[Path], sizes: tuple[int, ...] = (20, 50), draws: int = 100, seed: int = 0) -> list[dict]:
+    """The shift test on random batches of unseen images of the training sources: how often is an unshifted batch called shifted?"""
+    from cxrclf.guard.shift import ALPHA, shift_test
+    from cxrclf.inference import Predictor, plane_from_file
+    from cxrclf.parallel import map_images
+
+    predictor = Predictor(run, "cpu")
+    decoded = map_images(plane_from_file, [(str(f), predictor.params.to_dict(), predictor.input_size) for f in files], 2)
+    _, features, _ = predictor.assess(np.stack([d["plane"] for d in decoded if "plane" in d]))
+    reference, rng, rows = predictor.shift_reference(), np.random.default_rng(seed), []
+    for size in sizes:
+        if size > len(features):
+            rows.append({"batch": size, "pool": len(features), "draws": 0, "shifted": None, "median p": None})
+            continue
+        p = np.array([shift_test(features[rng.choice(len(features), size, replace=False)], reference, seed=draw).p_value for draw in range(draws)])
+        rows.append({"batch": size, "pool": len(features), "draws": draws, "shifted": float(np.mean(p < ALPHA)), "median p": float(np.median(p))})
+    return rows
+
+
+def shift_markdown(seed: int, rows: list[dict], nulls: list[dict]) -> str:
+    lines = [f"seed {seed}: batch shift test (p < 0.01 is shifted)", "", "| batch | images | domain classifier AUC | p | shifted |", "|---|---|---|---|---|"]
+    for row in rows:
+        found = row["batch shift"]
+        if found["tested"]:
+            lines.append(f"| {row['set']} | {found['images']} | {found['effect']:.3f} | {found['p_value']:.4f} | {'yes' if found['shifted'] else 'no'} |")
+    for null in nulls:
+        called = "n/a: the pool is smaller than a batch" if null["shifted"] is None else f"{null['shifted']:.0%} of {null['draws']} draws (median p {null['median p']:.3f})"
+        lines.append(f"| own test split, random batches of {null['batch']} (of {null['pool']}) | {null['batch']} | | | {called} |")
+    return "\n".join(lines)
 
 
 def markdown(seed: int, rows: list[dict]) -> str:
@@ -171,10 +217,11 @@ def markdown(seed: int, rows: list[dict]) -> str:
             return "n/a"
         return f"{value:.0%}" if isinstance(value, float) and value <= 1.0 and not isinstance(value, bool) else str(value)
 
-    header = ["set", "decoded", "flagged", "by input checks", "by Gaussian score", "by energy score", "AUROC Gaussian", "AUROC energy", "called COVID-19", "COVID-19 calls flagged"]
+    header = ["set", "decoded", "flagged", "by input checks", "by lung checks", "by Gaussian score", "by energy score", "AUROC Gaussian", "AUROC energy",
+              "called COVID-19", "COVID-19 calls flagged"]
     lines = [f"seed {seed}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["set"], str(row["decoded"])] + [cell(row.get(k)) for k in header[2:6]]
+        cells = [row["set"], str(row["decoded"])] + [cell(row.get(k)) for k in header[2:7]]
         cells += [f"{row[k]:.3f}" if k in row and row[k] is not None else "n/a" for k in ("AUROC Gaussian", "AUROC energy")]
         cells += [str(row["called COVID-19"]), cell(row["COVID-19 calls flagged"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -187,6 +234,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cxrclf-ood"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--test-frac", type=float, default=0.1, help="fraction of the shared set's patients in the own test split (a fresh --work)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -194,14 +242,16 @@ def main() -> None:
     for seed in args.seeds:
         started = time.perf_counter()
         print(f"seed {seed}: training (or reusing) the run", file=sys.stderr)
-        run = build_run(args.work, args.shared, seed, args.epochs)
+        run = build_run(args.work, args.shared, seed, args.epochs, args.test_frac)
         sets = image_sets(args.work, args.shared, args.work / "fused")
-        report[seed] = {"run": str(run), "rows": measure(run, sets), "minutes": round((time.perf_counter() - started) / 60, 1)}
+        report[seed] = {"run": str(run), "rows": measure(run, sets), "shift_null": null_batches(run, sets["own test split"]),
+                        "minutes": round((time.perf_counter() - started) / 60, 1)}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for seed, found in report.items():
             print(markdown(seed, found["rows"]), "\n")
+            print(shift_markdown(seed, found["rows"], found["shift_null"]), "\n")
 
 
 if __name__ == "__main__":

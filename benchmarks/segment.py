@@ -2,6 +2,16 @@
 
     python benchmarks/segment.py [--data ../shared/data/cxr-mini] [--seeds 0 1 2] [--epochs 40] [--scratch]
                                  [--figure docs/figures/lung_masks.png] [--keep DIR] [--json]
+    python benchmarks/segment.py --builtin [--data ../shared/data/cxr-mini] [--json]
+    python benchmarks/segment.py --ship RUN --command "cxrclf segment train ..." [--data ...]
+
+``--builtin`` measures the segmenter shipped in ``cxrclf/builtin/lung/`` on the held-out
+patients its ``provenance.json`` lists (Dice and IoU at each image's own size, as training
+measures them), checks that the shared data still hashes as it did for training, and prints
+the figures recorded there beside the ones measured now. ``--ship RUN`` makes that folder
+from a finished ``cxrclf segment train`` run: its config.json, its weights in half precision
+and ``provenance.json`` (the command, the cxrclf version and commit, the training data's hash,
+the patients of every split, held-out Dice and IoU in single and half precision).
 
 1. Dice and IoU on Montgomery patients held out from training: ``cxrclf segment train`` on
    the shared set's Montgomery folder (67 X-rays with both lung masks, 128 px), one run per
@@ -160,6 +170,128 @@ def _figure(shown: dict, path: Path) -> None:
     io.write_bytes(path, small.getvalue())
 
 
+# ----------------------------------------------------------------------------- the built-in segmenter
+
+def data_sha256(root: Path, files: list[Path]) -> str:
+    """One sha256 over the sorted lines ``<path relative to root> <sha256 of the file>``: the training data's identity."""
+    import hashlib
+
+    from cxrclf import io
+
+    lines = sorted(f"{Path(f).resolve().relative_to(root.resolve()).as_posix()} {io.sha256_file(f)}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def heldout_scores(segmenter, pairs) -> dict:
+    """Mean and lowest Dice and IoU of ``segmenter``'s masks against the pairs' masks, each at the image's own size."""
+    from cxrclf.segment.data import read_pair
+    from cxrclf.segment.masks import dice, iou
+
+    scores = []
+    for pair in pairs:
+        image, truth = read_pair(pair)
+        mask = segmenter.mask(image)
+        scores.append((dice(mask, truth), iou(mask, truth)))
+    values = np.asarray(scores)
+    return {"images": len(pairs), "dice": round(float(values[:, 0].mean()), 4), "dice_min": round(float(values[:, 0].min()), 4),
+            "iou": round(float(values[:, 1].mean()), 4), "iou_min": round(float(values[:, 1].min()), 4)}
+
+
+def _split_pairs(run: Path) -> dict[str, list]:
+    """split -> the run's (X-ray, masks) pairs, from its split.csv."""
+    from cxrclf.io import read_csv_rows
+    from cxrclf.segment.data import MaskPair
+
+    out: dict[str, list] = {"train": [], "val": [], "test": []}
+    for row in read_csv_rows(run / "split.csv", ("image", "masks", "patient_id", "source", "split"), "split.csv"):
+        out[row["split"]].append(MaskPair(Path(row["image"]), tuple(Path(m) for m in row["masks"].split(";")), row["patient_id"], row["source"]))
+    return out
+
+
+def _commit() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def ship(run: Path, command: str, data: Path) -> dict:
+    """Make ``cxrclf/builtin/lung/`` from a finished run: config.json, float16 weights, provenance.json."""
+    import dataclasses
+    import tempfile
+
+    import torch
+    from safetensors.torch import load, save
+
+    from cxrclf import __version__, io
+    from cxrclf.segment.infer import Segmenter
+    from cxrclf.segment.run import PROVENANCE, SegmentRun, builtin_folder
+
+    source = SegmentRun(run)
+    config = source.read_config()
+    source.require_finished(config)
+    nlm = data / "montgomery"
+    pairs = _split_pairs(run)
+    files = [f for split in pairs.values() for pair in split for f in (pair.image, *pair.masks)]
+    state = load(source.file(SegmentRun.WEIGHTS).read_bytes())
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    relative = {split: [Path(p.image).resolve().relative_to(nlm.resolve()).as_posix() for p in members] for split, members in pairs.items()}
+    shipped_config = config.with_(data=dataclasses.replace(config.data, nlm="../shared/data/cxr-mini/montgomery"))  # not this machine's path
+    with tempfile.TemporaryDirectory() as tmp:  # measure both precisions through the Segmenter the package uses
+        for name, weights in (("float32", state), ("float16", half)):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            SegmentRun(folder).write_config(shipped_config)
+            io.write_bytes(folder / SegmentRun.WEIGHTS, save(weights))
+        scores = {name: {split: heldout_scores(Segmenter(Path(tmp) / name), pairs[split]) for split in ("val", "test")} for name in ("float32", "float16")}
+    out = builtin_folder()
+    out.mkdir(parents=True, exist_ok=True)
+    SegmentRun(out).write_config(shipped_config)
+    io.write_bytes(out / SegmentRun.WEIGHTS, save(half))
+    seconds = sum(float(row["seconds"]) for row in io.read_csv_rows(run / "metrics.csv", ("seconds",), "metrics.csv"))
+    provenance = {
+        "name": "builtin", "made_by": "python benchmarks/segment.py --ship RUN", "command": command, "cxrclf_version": __version__,
+        "commit": _commit(), "versions": dict(config.execution.versions), "threads": config.execution.threads,
+        "training": {"epochs_run": config.outcome.epochs_run, "best_epoch": config.outcome.best_epoch, "seconds": round(seconds, 1)},
+        "data": {"folder": "../shared/data/cxr-mini/montgomery", "files": len(files), "images": sum(len(v) for v in pairs.values()),
+                 "sha256": data_sha256(nlm, files), "hash_of": "sha256 of the sorted lines '<path relative to the folder> <file sha256>', "
+                 "images and lung masks of every pair"},
+        "splits": relative,
+        "heldout": {"recorded_by_training": {"val": config.outcome.val, "test": config.outcome.test}, **scores},
+        "weights": {"file": SegmentRun.WEIGHTS, "dtype": "float16", "bytes": (out / SegmentRun.WEIGHTS).stat().st_size,
+                    "sha256": io.sha256_file(out / SegmentRun.WEIGHTS)},
+        "torch_dtype_at_inference": str(torch.float32),
+    }
+    io.write_json(out / PROVENANCE, provenance)
+    return provenance
+
+
+def builtin_figures(data: Path) -> dict:
+    """The shipped segmenter on the held-out patients its provenance lists, and whether the data is the one it was trained on."""
+    from cxrclf import io
+    from cxrclf.segment.data import pairs_from_nlm
+    from cxrclf.segment.infer import builtin_segmenter
+    from cxrclf.segment.run import PROVENANCE, builtin_folder
+
+    provenance = io.read_json(builtin_folder() / PROVENANCE, PROVENANCE)
+    nlm = data / "montgomery"
+    found = {p.image.resolve().relative_to(nlm.resolve()).as_posix(): p for p in pairs_from_nlm(nlm)[0]}
+    missing = sorted(set(sum(provenance["splits"].values(), [])) - set(found))
+    if missing:
+        raise SystemExit(f"benchmarks/segment.py: {nlm}: {len(missing)} training image(s) not found, first {missing[0]}")
+    files = [f for name in sum(provenance["splits"].values(), []) for f in (found[name].image, *found[name].masks)]
+    segmenter = builtin_segmenter()
+    measured = {split: heldout_scores(segmenter, [found[name] for name in provenance["splits"][split]]) for split in ("val", "test")}
+    return {"weights_sha256": segmenter.sha256, "recorded_weights_sha256": provenance["weights"]["sha256"],
+            "data_sha256": data_sha256(nlm, files), "recorded_data_sha256": provenance["data"]["sha256"],
+            "measured": measured, "recorded": provenance["heldout"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -169,9 +301,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", type=Path, default=None, help="write the masks-on-every-source figure here")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder (default: a temporary one)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--builtin", action="store_true", help="held-out Dice and IoU of the shipped segmenter (no training)")
+    parser.add_argument("--ship", type=Path, default=None, help="make cxrclf/builtin/lung/ from this finished segmentation run")
+    parser.add_argument("--command", default="", help="with --ship: the command that trained RUN, for provenance.json")
     args = parser.parse_args(argv)
     if not (args.data / "montgomery").is_dir():
         raise SystemExit(f"benchmarks/segment.py: {args.data}: the shared data folder not found (pass --data)")
+    if args.ship or args.builtin:
+        result = ship(args.ship, args.command, args.data) if args.ship else builtin_figures(args.data)
+        if args.json or args.ship:
+            print(json.dumps(result, indent=2))
+            return
+        same = result["weights_sha256"] == result["recorded_weights_sha256"]
+        print(f"weights sha256 {result['weights_sha256'][:16]}... ({'as recorded' if same else 'NOT the recorded weights'}); training data "
+              f"{'as recorded' if result['data_sha256'] == result['recorded_data_sha256'] else 'DIFFERS from the recorded data'}")
+        print(f"{'split':<5} {'images':>6} {'Dice':>7} {'lowest':>7} {'IoU':>7} {'lowest':>7}   recorded (float16 / float32 Dice)")
+        for split, m in result["measured"].items():
+            print(f"{split:<5} {m['images']:>6} {m['dice']:>7.4f} {m['dice_min']:>7.4f} {m['iou']:>7.4f} {m['iou_min']:>7.4f}   "
+                  f"{result['recorded']['float16'][split]['dice']:.4f} / {result['recorded']['float32'][split]['dice']:.4f}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         runs = train_runs(args.data, args.seeds, args.epochs, True, root)

@@ -13,7 +13,7 @@ from typing import TypeVar
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "Augment", "Recipe", "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "Lung", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
+    "Augment", "Backend", "ExportFormat", "Recipe", "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "Lung", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
     "parse", "resolve_device",
 ]
 
@@ -96,6 +96,16 @@ class RsnaNotNormal(Choice):
 class TableFormat(Choice):
     md = "md"
     csv = "csv"
+
+
+class Backend(Choice):
+    """What runs the network: PyTorch on a run folder, or onnxruntime on a run exported with ``cxrclf export``."""
+    pytorch = "pytorch"
+    onnxruntime = "onnxruntime"
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
 
 
 E = TypeVar("E", bound=Choice)

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from cxrclf import folders
-from cxrclf.choices import Augment, Denoise, Device, ExplainMethod, Fit, Inpaint, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
+from cxrclf.choices import Augment, Backend, Denoise, Device, ExportFormat, ExplainMethod, Fit, Inpaint, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
 from cxrclf.cli_help import Typer
 from cxrclf.demo import DemoSettings
 from cxrclf.errors import CxrclfError
@@ -45,6 +45,25 @@ def _options(
         if max_pixels < 1:
             raise CxrclfError(f"the pixel limit must be positive, not {max_pixels}")
         os.environ["CXRCLF_MAX_PIXELS"] = str(max_pixels)  # worker processes inherit it
+    _check_environment()
+
+
+def _check_environment() -> None:
+    """Environment overrides, validated once at start: a bad value is one error naming the variable, not a failure per image."""
+    from cxrclf.data.imageio import max_pixels
+
+    max_pixels()
+    cache = os.environ.get("CXRCLF_CACHE", "").strip()
+    if cache and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
+        raise CxrclfError(f"CXRCLF_CACHE={cache!r} must name a folder for training's image caches, and it is a file; fix or unset it")
+    for variable, what in (("CXRCLF_MODEL", "a run folder"), ("CXRCLF_LUNG_MODEL", "a lung segmentation run folder"), ("CXRCLF_WEIGHTS", "a folder of weights")):
+        value = os.environ.get(variable, "").strip()
+        if value and value != "builtin" and not Path(value).expanduser().is_dir():
+            raise CxrclfError(f"{variable}={value!r} must name {what}, and {'nothing is there' if not Path(value).expanduser().exists() else 'it is not a folder'}; "
+                              "fix or unset it")
+
+
+_THREADS_HELP = "PyTorch CPU threads (default: $OMP_NUM_THREADS, else every CPU this process may run on)."
 
 
 def _views(values: list[str]) -> tuple[str, ...]:
@@ -55,6 +74,7 @@ def _views(values: list[str]) -> tuple[str, ...]:
 def fuse(
     cohen: Annotated[Optional[Path], typer.Option(help="Cohen covid-chestxray-dataset folder (metadata.csv + images/).")] = None,
     rsna: Annotated[Optional[Path], typer.Option(help="RSNA pneumonia folder (stage_2_*.csv + stage_2_train_images/).")] = None,
+    nih: Annotated[Optional[Path], typer.Option(help="NIH ChestX-ray14 folder (Data_Entry_2017.csv + images/ or images_001/images/ ...).")] = None,
     nlm: Annotated[Optional[Path], typer.Option(help="NLM tuberculosis folder: Montgomery, Shenzhen, or a parent of both.")] = None,
     shenzhen: Annotated[Optional[Path], typer.Option(help="A separate Shenzhen folder (ChinaSet_AllFiles or its parent).")] = None,
     table: Annotated[Optional[list[Path]], typer.Option("--table", metavar="CSV", help="Your own images: a CSV of path,finding[,patient_id,view,sex,age]. Repeatable.")] = None,
@@ -66,18 +86,19 @@ def fuse(
     folds: Annotated[int, typer.Option(help="Cross-validation folds over train+val.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the patient-level split.")] = 0,
     near_duplicate_bits: Annotated[int, typer.Option(help="Images whose perceptual hashes differ in at most this many of 256 bits are kept in one split.")] = 24,
+    same_xray_bits: Annotated[int, typer.Option(help="Images of two sources whose perceptual hashes differ in at most this many bits are one X-ray, kept once.")] = 16,
     workers: Annotated[int, typer.Option(help="Parallel decoding processes.", show_default="all cores")] = os.cpu_count() or 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
 ) -> None:
-    """Merge Cohen, RSNA and NLM (and your own tables) into one patient-level split dataset."""
+    """Merge Cohen, RSNA, NIH and NLM (and your own tables) into one patient-level split dataset."""
     from cxrclf.console import console, count_table, progress_bar, key_value_table, wrote
     from cxrclf.data.fuse import FuseOptions, fuse as run_fuse
 
     options = FuseOptions(
-        cohen=cohen, rsna=rsna, nlm=nlm, shenzhen=shenzhen, tables=tuple(table or ()), views=_views(views),
+        cohen=cohen, rsna=rsna, nih=nih, nlm=nlm, shenzhen=shenzhen, tables=tuple(table or ()), views=_views(views),
         rsna_not_normal=rsna_not_normal.value, test_frac=test_frac, val_frac=val_frac, folds=folds, seed=seed,
-        near_duplicate_bits=near_duplicate_bits, workers=max(1, workers),
+        near_duplicate_bits=near_duplicate_bits, same_xray_bits=same_xray_bits, workers=max(1, workers),
     )
     with progress_bar("decoding", quiet=as_json) as update:
         report = run_fuse(options, out, overwrite=overwrite, progress=update)
@@ -93,6 +114,9 @@ def fuse(
         "exact duplicates collapsed": sum(len(d["dropped"]) for d in report["exact_duplicates"] if d["kept"]),
         "near-duplicate links across patients": len(report["near_duplicates_across_patients"]),
     }))
+    for pair, counts in report["same_xray_by_source_pair"].items():
+        console.print(f"same X-ray in {pair.replace('+', ' and ')}: {counts['x_rays']} (kept once: {counts['kept once']}; "
+                      f"excluded, findings disagree: {counts['excluded, findings disagree']})")
     for finding, source in report["single_source_findings"].items():
         console.print(f"[yellow]warning:[/yellow] every {finding} image comes from {source}: a model can learn the source instead of the finding")
     wrote([out / "manifest.csv", f"{out / 'images'}/", out / "fuse_report.json"])
@@ -146,7 +170,7 @@ def preprocess(
     tv_sigma: Annotated[float, typer.Option(help="Gaussian sigma of the edge detector.")] = PreprocessParams.tv_sigma,
     tv_iterations: Annotated[int, typer.Option(help="Solver iterations.")] = PreprocessParams.tv_iterations,
     lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = Lung(PreprocessParams.lung),
-    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for --lung crop|mask (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for --lung crop|mask, or 'builtin' (default: $CXRCLF_LUNG_MODEL, else the built-in segmenter).")] = None,
     lung_margin: Annotated[float, typer.Option(help="Margin around the lungs, a fraction of their box's side.")] = PreprocessParams.lung_margin,
     workers: Annotated[int, typer.Option(help="Parallel processes.", show_default="all cores")] = os.cpu_count() or 1,
     figures: Annotated[int, typer.Option(help="Write stage-by-stage panels with histograms for this many images.")] = 0,
@@ -187,7 +211,8 @@ def preprocess(
         typer.echo(json.dumps(summary, indent=2))
         return
     console.print(count_table("Preprocessed images per split and finding", summary["split_x_finding"], "split"))
-    console.print(f"{summary['processed_now']} processed now, {summary['reused']} already done, {summary['skipped']} skipped (listed in skipped.csv)")
+    repaired = f" ({summary['repaired']} of them damaged outputs redone)" if summary.get("repaired") else ""
+    console.print(f"{summary['processed_now']} processed now{repaired}, {summary['reused']} already done and verified, {summary['skipped']} skipped (listed in skipped.csv)")
     wrote([out / "manifest.csv", f"{out / 'images'}/", out / "preprocess.json", out / "skipped.csv"] + ([f"{out / 'figures'}/"] if figures else []))
 
 
@@ -204,7 +229,7 @@ def _class_constants(values: list[str]) -> dict[str, float]:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="resnet-baseline, inception_v3, inception_resnet_v2, densenet169, nasnetalarge, or any timm model name.")],
+    model: Annotated[str, typer.Option(help="resnet-baseline, inception_v3, inception_resnet_v2, densenet169, nasnetalarge (also as the paper spells them: ResNet, InceptionV3, InceptionResNetV2, DenseNet169, NASNetLarge), or any timm model name.")],
     strategy: Annotated[Strategy, typer.Option(help="oversample (scenarios R*) or weighted (class-weighted loss, scenarios C*).")],
     classes: Annotated[int, typer.Option(help="2 (COVID-19 vs rest), 3 (normal, COVID-19, other) or 4.")],
     data: Annotated[Path, typer.Option(help="Preprocessed folder.")] = folders.PREPROCESSED,
@@ -227,10 +252,11 @@ def train(
     augment: Annotated[Optional[Augment], typer.Option(help="Override the recipe's augmentation: copies (the paper's), none, light or strong.", show_default="the recipe's: copies paper, light small-data")] = None,
     exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", metavar="SOURCE", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
-    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch.", show_default="PyTorch's choice")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", "--workers", min=1, help=_THREADS_HELP, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to RUN/tensorboard (needs cxrclf[tensorboard]).")] = False,
+    operating_point: Annotated[str, typer.Option("--operating-point", metavar="RULE", help="How each class's decision threshold is chosen on validation and stored in the run: youden (Youden's J) or sensitivity=S (reach validation sensitivity S, e.g. sensitivity=0.9).")] = "youden",
 ) -> None:
     """Fine-tune a model on the preprocessed data: the paper's six scenarios and more."""
     from cxrclf.console import console, path_line, status, train_display, wrote
@@ -241,6 +267,9 @@ def train(
 
     if cv and fold is not None:
         raise CxrclfError("--fold and --cv contradict each other; choose one")
+    from cxrclf.runs import OperatingPoint
+
+    operating_point = OperatingPoint.parse_rule(operating_point)  # a bad rule is refused before anything is read or trained
     if trainable_blocks is not None and trainable_blocks != "all" and not trainable_blocks.isdigit():
         raise CxrclfError(f"--trainable-blocks wants a number or 'all', not {trainable_blocks!r}")
     options = TrainOptions(
@@ -249,8 +278,8 @@ def train(
         trainable_blocks=None if trainable_blocks is None else "all" if trainable_blocks == "all" else int(trainable_blocks),
         image_size=image_size, dropout=dropout, recipe=recipe, augment=augment,
         fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, exclude_sources=tuple(exclude_source or ()),
-        device=device, threads=workers,
-        resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+        device=device, threads=threads,
+        resume=resume, overwrite=overwrite, tensorboard=tensorboard, operating_point=operating_point,
     )
     if not quiet:
         path_line(f"reading {data}")
@@ -275,7 +304,7 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="Which split of the data to evaluate on.")] = Split.test,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over patients for 95% intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    sensitivity: Annotated[Optional[float], typer.Option(help="Operating point: reach this validation sensitivity for COVID-19 (default: Youden's J).")] = None,
+    sensitivity: Annotated[Optional[float], typer.Option(help="Also show a COVID-19 threshold recomputed on validation to reach this sensitivity, beside the run's stored operating point (for a run without one: the threshold used; default Youden's J).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation-<data>-<split>; with --table, where the table files go).")] = None,
     table: Annotated[bool, typer.Option("--table", help="Compare runs in the shape of the paper's Table 4.")] = False,
     table_format: Annotated[TableFormat, typer.Option("--format", help="Table format.")] = TableFormat.md,
@@ -284,7 +313,8 @@ def evaluate(
     allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Evaluate a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for preprocessing external images.", show_default="all cores")] = os.cpu_count() or 1,
-    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run: report the mean share of Grad-CAM inside the lungs, per class and source.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP, show_default=False)] = None,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run, or 'builtin': report the mean share of Grad-CAM inside the lungs, per class and source.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
@@ -292,7 +322,9 @@ def evaluate(
     from cxrclf.console import console, evaluation_table, status, wrote
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate as run_evaluate
     from cxrclf.evaluate.report import scenario_markdown, scenario_rows
+    from cxrclf.threads import use_threads
 
+    use_threads(threads)
     targets = runs or [None]
     if len(targets) > 1 and not table:
         raise CxrclfError("several runs need --table (or evaluate them one at a time)")
@@ -309,13 +341,18 @@ def evaluate(
             results.append(run_evaluate(options))
         if not as_json and not table:
             console.print(evaluation_table(results[-1]))
+            for source, found in (results[-1].get("shift") or {}).get("per_source", {}).items():
+                if found["tested"] and found["shifted"]:
+                    console.print(f"[yellow]warning:[/yellow] batch shift test: the {found['images']} images of {source} differ from the run's "
+                                  f"validation images (p = {found['p_value']:.4f}, domain classifier AUC {found['effect']:.2f})", highlight=False)
             attention = results[-1].get("lung_attention")
             if attention:
                 share = attention["overall"]["in_lung_share"]
                 console.print("Grad-CAM inside the lung fields: " + ("n/a" if share is None else f"{share:.0%} on average"))
                 for warning in attention["warnings"]:
                     console.print(f"[yellow]warning:[/yellow] {warning}")
-            wrote([f"{results[-1]['out']}/report.md"], label="wrote (metrics.json, predictions.csv and figures beside it)")
+            wrote([f"{results[-1]['out']}/report.md", f"{results[-1]['out']}/report.html"],
+                  label="wrote (metrics.json, predictions.csv and figures beside them; report.html is one self-contained page)")
     if table:
         rows = scenario_rows(results)
         table_csv = io.csv_text(list(rows[0]), [list(r.values()) for r in rows])
@@ -331,7 +368,8 @@ def evaluate(
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
-    model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (its folds averaged) (default: $CXRCLF_MODEL or runs/latest); with --backend onnxruntime, an exported MODEL.onnx.")] = None,
+    backend: Annotated[Backend, typer.Option(help="pytorch (a run folder) or onnxruntime (a model from `cxrclf export`: no PyTorch needed).")] = Backend.pytorch,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON array, an object per input.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the results to this CSV file.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --csv file.")] = False,
@@ -341,6 +379,7 @@ def predict(
     allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.", show_default="all cores")] = os.cpu_count() or 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP + " With --backend onnxruntime, its threads.", show_default=False)] = None,
 ) -> None:
     """Classify X-ray images with a trained run, preprocessing them exactly as in training; flag images unlike its training images."""
     from cxrclf import io
@@ -348,15 +387,25 @@ def predict(
     from cxrclf.runs import resolve_run
 
     files = collect_inputs(inputs)
+    if backend is Backend.onnxruntime:  # an exported model: no run folder, and no PyTorch unless the lungs need it
+        from cxrclf.runtime import load_exported
+
+        predictor = load_exported(model, device=device.value, tta=tta, threads=threads)
+        run, reads = predictor.path, predictor.files
+    else:
+        run = resolve_run(model)
+        reads = run.reads()
     if csv_file is not None:
-        io.check_output_file(csv_file, inputs, overwrite=overwrite)
-    run = resolve_run(model)
+        io.check_output_file(csv_file, [*inputs, *reads], overwrite=overwrite)
     from cxrclf.console import status
 
-    with status(f"loading {run}", quiet=as_json):
-        from cxrclf.inference import load_predictor
+    if backend is Backend.pytorch:
+        with status(f"loading {run}", quiet=as_json):
+            from cxrclf.inference import load_predictor
+            from cxrclf.threads import use_threads
 
-        predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
+            use_threads(threads)
+            predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
     if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
         from cxrclf.preprocess.lung import segmenter_for
 
@@ -365,11 +414,19 @@ def predict(
         results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
         io.write_text(csv_file, results_csv(results, predictor.class_names))
+    shift = results.shift
+    if shift["tested"] and shift["shifted"]:  # on stderr, so that --json stays one array of records
+        from cxrclf.console import warn
+        from cxrclf.guard.shift import describe
+
+        warn(run, f"these {shift['images']} images, as a batch, differ from the run's validation images ({describe(shift)}): "
+                  "its validation metrics may not hold for them")
     if as_json:
         typer.echo(io.json_text(results).rstrip("\n"))
     else:
         from cxrclf.console import console, heading, prediction_rows, warn, wrote
 
+        point = predictor.operating_point
         rows = []
         for r in results:
             if "error" in r:
@@ -379,17 +436,125 @@ def predict(
                 warn(r["file"], warning)
             label = r["predicted"] or "withheld"
             score = "n/a" if r["ood_score"] is None else f"{r['ood_score']:.1f}" + (" !" if r["in_distribution"] is False else "")
-            rows.append((r["file"], [label if r["in_distribution"] is not False else f"{label} (flagged)",
+            positive = [] if point is None else ["+".join(r["positive"]) or "none" if r["positive"] is not None else "withheld"]
+            rows.append((r["file"], [label if r["in_distribution"] is not False else f"{label} (flagged)", *positive,
                                      *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names), score]))
         if rows:
             heading("Predictions of", run)
-            prediction_rows("file", ["predicted", *predictor.class_names, "OOD score"], rows)
+            prediction_rows("file", ["predicted", *(["at threshold"] if point is not None else []), *predictor.class_names, "OOD score"], rows)
         if predictor.guard is None:
             console.print("note: this run carries no out-of-distribution guard (trained before cxrclf had one); only the input checks ran")
+        if point is None:
+            console.print("note: " + ("a fold ensemble has no operating point (each fold's thresholds fit its own probabilities, not their average)"
+                                      if hasattr(predictor, "members") or getattr(predictor, "member_count", 1) > 1 else "this run stores no operating point (trained before cxrclf stored one)")
+                          + "; only the most probable class is given", highlight=False, markup=False)
+        from cxrclf.guard.shift import MIN_IMAGES, describe
+
+        if shift["tested"] and not shift["shifted"]:
+            console.print(f"batch shift test: no shift from the run's validation images detected ({describe(shift)})", highlight=False, markup=False)
+        elif not shift["tested"] and shift["images"] >= MIN_IMAGES:  # fewer images are not tested, silently
+            console.print(f"note: no batch shift test: {shift['reason']}", highlight=False, markup=False)
         if csv_file:
             wrote([csv_file])
     if any("error" in r for r in results):
         raise typer.Exit(1)
+
+
+@app.command()
+def shift(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively): the batch.", metavar="IMAGE...")],
+    model: Annotated[Optional[Path], typer.Option(help="Run folder, or a cross-validation parent (fold 0 tests) (default: $CXRCLF_MODEL or runs/latest).")] = None,
+    reference: Annotated[Optional[list[str]], typer.Option("--reference", metavar="SOURCE[,SOURCE]", help="Test against the reference images of these sources only (repeatable or comma-separated; default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a run whose training did not finish (its best weights so far).")] = False,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    workers: Annotated[int, typer.Option(help="Parallel processes for decoding and preprocessing.", show_default="all cores")] = os.cpu_count() or 1,
+) -> None:
+    """Test whether a batch of images, as a whole, is drawn from the data the run was validated on (a new hospital, scanner or population)."""
+    from cxrclf import io
+    from cxrclf.console import status
+    from cxrclf.predict import collect_inputs, shift_files
+    from cxrclf.runs import resolve_run
+
+    files = collect_inputs(inputs)
+    run = resolve_run(model)
+    sources = [s.strip() for value in reference for s in value.split(",") if s.strip()] if reference else None
+    with status(f"loading {run}", quiet=as_json):
+        from cxrclf.inference import load_predictor
+
+        predictor = load_predictor(run, device, allow_unfinished=allow_unfinished)
+    if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
+        from cxrclf.preprocess.lung import segmenter_for
+
+        segmenter_for(predictor.params)
+    with status(f"testing {len(files)} image{'s' if len(files) != 1 else ''}", quiet=as_json):
+        result = shift_files(predictor, files, sources, batch_size=max(1, batch_size), workers=max(1, workers))
+    result = {"run": str(run)} | result
+    if as_json:
+        typer.echo(io.json_text(result).rstrip("\n"))
+    else:
+        from cxrclf.console import console, heading, warn
+        from cxrclf.guard.shift import MIN_IMAGES, describe
+
+        for bad in result["unreadable"]:
+            warn(bad["file"], bad["error"], kind="error")
+        heading("Batch shift test against", run)
+        verdict = "shifted" if result["shifted"] else "no shift detected"
+        console.print(f"{verdict}: {describe(result)}", highlight=False, markup=False)
+        if result["images"] < MIN_IMAGES:
+            console.print(f"note: fewer than {MIN_IMAGES} images show only large shifts", highlight=False, markup=False)
+    if result["unreadable"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder, or a cross-validation parent (its folds in one graph) (default: $CXRCLF_MODEL or runs/latest).", metavar="RUN")] = None,
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx: a graph that onnxruntime runs without PyTorch.")] = ExportFormat.onnx,
+    out: Annotated[Optional[Path], typer.Option(help="MODEL.onnx; its sidecar MODEL.json and the guard's files are written beside it.", show_default="exports/<run name>.onnx")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing export files.")] = False,
+    allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Export a run whose training did not finish (its best weights so far).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sidecar and the files written as JSON.")] = False,
+) -> None:
+    """Export a run for inference without PyTorch (predict --backend onnxruntime), checked against PyTorch on real images."""
+    from cxrclf.console import status
+    from cxrclf.runs import resolve_run
+
+    folder = resolve_run(run)
+    out = out or Path("exports") / f"{folder.path.name}.onnx"
+    with status(f"exporting {folder} to {export_format.value} and checking it against PyTorch", quiet=as_json):
+        from cxrclf.export import export_onnx
+
+        result = export_onnx(folder, out, overwrite=overwrite, allow_unfinished=allow_unfinished)
+    if as_json:
+        from cxrclf import io
+
+        typer.echo(io.json_text(result).rstrip("\n"))
+        return
+    from cxrclf.console import console, path_line, wrote
+
+    check = result["verification"]
+    console.print(f"onnxruntime agrees with PyTorch on {check['images']} inputs ({check['inputs']}): probabilities within "
+                  f"{check['max_probability_difference']:.1e} (tolerance {check['tolerance']:g})", highlight=False, markup=False)
+    wrote(result["files"])
+    console.print("predict with:")
+    path_line(f"  cxrclf predict IMAGE --backend onnxruntime --model {out}")
+
+
+@app.command()
+def card(
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder, or a cross-validation parent (default: $CXRCLF_MODEL or runs/latest).", metavar="RUN")] = None,
+    evaluation: Annotated[Optional[list[Path]], typer.Option("--evaluation", metavar="DIR", help="An evaluation folder to report (repeatable; default: every RUN/evaluation-*/).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The card's Markdown file.", show_default="RUN/MODEL_CARD.md")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing card.")] = False,
+) -> None:
+    """Write the run's model card: intended use, training data, recipe, metrics per source with intervals, shortcuts, guard, failure modes."""
+    from cxrclf.card import write_card
+    from cxrclf.console import wrote
+    from cxrclf.runs import resolve_run
+
+    wrote([write_card(resolve_run(run), evaluation, out, overwrite=overwrite)])
 
 
 @app.command()
@@ -404,7 +569,8 @@ def explain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output PNG.")] = False,
     allow_unfinished: Annotated[bool, typer.Option("--allow-unfinished", help="Use a run whose training did not finish (its best weights so far).")] = False,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
-    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for the share of attribution inside the lungs (default: the run's own, if it crops or masks).")] = None,
+    lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run (or 'builtin') for the share of attribution inside the lungs (default: the run's own if it crops or masks, else the built-in).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP, show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print probabilities, the top regions and the in-lung share as JSON.")] = False,
 ) -> None:
     """Show why the model classifies an image as it does: LIME superpixels or Grad-CAM, and how much of it lies in the lungs."""
@@ -415,7 +581,9 @@ def explain(
     with status(f"loading {run}", quiet=as_json):
         from cxrclf.explain.explain import explain_image
         from cxrclf.inference import load_predictor
+        from cxrclf.threads import use_threads
 
+        use_threads(threads)
         predictor = load_predictor(run, device, allow_unfinished=allow_unfinished)
     with progress_bar("LIME samples", quiet=as_json, unit="images") as update:
         result = explain_image(predictor, image, method=method, target=target, num_samples=num_samples, seed=seed, out=out,
@@ -455,7 +623,8 @@ def demo(
     result = run_demo(out, seed=seed, settings=replace(DemoSettings(), epochs=epochs), overwrite=overwrite, announce=announce, train_display=train_display)
     evaluated = result.stages["evaluate"]
     console.print(evaluation_table(evaluated))
-    wrote([f"{evaluated['out']}/report.md", *result.stages["explain"]], label="report (figures beside it) and explanations")
+    wrote([f"{evaluated['out']}/report.md", f"{evaluated['out']}/report.html", result.stages["card"], *result.stages["explain"]],
+          label="report (figures beside it; report.html is one self-contained page), model card and explanations")
     console.print("next:")
     path_line(f"  cxrclf predict IMAGE --model {result.stages['train']['run']}")
 
@@ -492,7 +661,7 @@ def segment_train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, scale, shift, gamma, contrast and noise on training images.")] = True,
     val_frac: Annotated[float, typer.Option(help="Fraction of patients for validation (choosing the best epoch).")] = 0.15,
     test_frac: Annotated[float, typer.Option(help="Fraction of patients held out for the Dice and IoU in the run folder.")] = 0.2,
-    workers: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch.", show_default="PyTorch's choice")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", "--workers", min=1, help=_THREADS_HELP, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing segmentation run folder.")] = False,
 ) -> None:
@@ -503,7 +672,7 @@ def segment_train(
 
     options = SegmentTrainOptions(nlm=nlm, masks=masks, out=out, encoder=encoder, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                   patience=patience, seed=seed, pretrained=pretrained, weights=weights, augment=augment, val_frac=val_frac,
-                                  test_frac=test_frac, threads=workers, resume=resume, overwrite=overwrite)
+                                  test_frac=test_frac, threads=threads, resume=resume, overwrite=overwrite)
     with training_display(epochs) as callbacks:
         summary = train_segmenter(options, **callbacks)
     outcome = summary["outcome"]
@@ -519,7 +688,7 @@ def segment_train(
 @segment_app.command("apply")
 def segment_apply(
     inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM) or folders (searched recursively).", metavar="IMAGE...")],
-    model: Annotated[Optional[Path], typer.Option(help="Segmentation run (default: $CXRCLF_LUNG_MODEL or runs/lung).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Segmentation run, or 'builtin' (default: $CXRCLF_LUNG_MODEL, else the built-in segmenter).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for <image>.mask.png and <image>.overlay.png.")] = Path("segmentations"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing mask and overlay files.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -532,12 +701,13 @@ def segment_apply(
 
     files = collect_inputs(inputs)
     run = resolve_segment_run(model)
+    io.refuse_overlap(out, [*inputs, run.path])  # before the segmenter loads: masks among the X-rays would be segmented next time
     from cxrclf.segment.display import results_table
     from cxrclf.segment.infer import Segmenter, segment_files
 
     segmenter = Segmenter(run)
     with progress_bar("segmenting", quiet=as_json) as update:
-        results = segment_files(segmenter, files, out, overwrite=overwrite, progress=update)
+        results = segment_files(segmenter, files, out, overwrite=overwrite, progress=update, reads=inputs)
     if as_json:
         typer.echo(io.json_text(results).rstrip("\n"))
     else:
@@ -553,7 +723,9 @@ def segment_apply(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2; SIGTERM cleans up and exits 143."""
     from cxrclf import signals
+    from cxrclf.threads import passive_wait
 
+    passive_wait()  # before anything imports PyTorch: its OpenMP runtime reads the policy once (cxrclf/threads.py)
     signals.exit_on_sigterm()
     try:
         app(args=argv, prog_name="cxrclf")
@@ -561,6 +733,13 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             raise
         print(f"cxrclf: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if _state["debug"] or exc.name not in ("torch", "torchvision", "timm"):
+            raise
+        # a runtime-only install (docs/usage.md, "Predicting without PyTorch") has onnxruntime instead
+        print(f"cxrclf: error: this command needs {exc.name}, which is not installed; without PyTorch, cxrclf predicts only with an exported "
+              "model (predict --backend onnxruntime --model MODEL.onnx); install cxrclf with its dependencies for the rest", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("cxrclf: interrupted", file=sys.stderr)

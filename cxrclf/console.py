@@ -154,7 +154,9 @@ def evaluation_table(result: dict) -> Table:
 
     ci = result.get("intervals", {})
     focus = result["covid19_vs_rest"]["at_argmax"]
-    table = Table(title=f"{result['model']} {result['scenario']} on {result['split']} ({result['n_images']} images, {result['n_patients']} patients)", title_justify="left")
+    from cxrclf.models.names import model_label
+
+    table = Table(title=f"{model_label(result['model'], result.get('requested_model'))} {result['scenario']} on {result['split']} ({result['n_images']} images, {result['n_patients']} patients)", title_justify="left")
     table.add_column("metric")
     table.add_column("macro [95% CI]", justify="right")
     table.add_column("COVID-19 vs rest [95% CI]", justify="right")

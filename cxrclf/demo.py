@@ -128,13 +128,19 @@ def _use_the_run(out: Path, seed: int, settings: DemoSettings, announce, prepare
     """Evaluate, predict (the photograph included) and explain with the demo's run."""
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
 
+    from cxrclf.card import write_card
+    from cxrclf.evaluate.html import write_html
+
     evaluated = evaluate(EvaluateOptions(run=run_dir, bootstrap=settings.bootstrap, seed=seed, workers=os.cpu_count() or 1))
     _add_note(Path(evaluated["out"]) / "report.md", PERFECT_SCORES_NOTE)
+    write_html(Path(evaluated["out"]) / "report.md")  # again, with the note
     result.stages["evaluate"] = evaluated
     interval = evaluated["intervals"]["macro_auc"]
     perfect = " (perfect, as expected on phantoms: the report says why)" if evaluated["point"]["macro_auc"] == 1.0 else ""
     announce("evaluate", f"test macro AUC {evaluated['point']['macro_auc']:.3f}, 95% CI {interval[0]:.3f}-{interval[1]:.3f}{perfect}",
-             Path(evaluated["out"]) / "report.md")
+             Path(evaluated["out"]) / "report.html")
+    result.stages["card"] = write_card(run_dir, [Path(evaluated["out"])])
+    announce("card", "the run's model card: intended use, data, metrics per source, shortcuts, guard, failure modes", result.stages["card"])
 
     from cxrclf.explain.explain import explain_image
     from cxrclf.inference import Predictor

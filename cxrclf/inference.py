@@ -7,6 +7,7 @@ evaluate's predictions.csv).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from cxrclf.choices import Device, resolve_device
 from cxrclf.errors import CxrclfError
 from cxrclf.models.inputs import model_input, to_model_plane
+from cxrclf.planes import plane_from_file  # the torch-free path from a file to the input plane; imported here as before
 from cxrclf.preprocess.params import PreprocessParams
 from cxrclf.runs import RunFolder
 
@@ -38,29 +40,9 @@ def tta_grid(view: int, shape: torch.Size, device: torch.device) -> torch.Tensor
     return F.affine_grid(theta.expand(shape[0], 2, 3), list(shape), align_corners=False)
 
 
-def plane_from_file(task: tuple[str, dict | None, int]) -> dict:
-    """One image file -> ``{"plane", "warnings"}`` (the model's input plane and the input checks' reasons) or ``{"error"}``.
-
-    ``task`` is (path, preprocessing parameters or None for an already preprocessed image,
-    input size); a module-level function so that it runs in worker processes. Any failure
-    is this file's error: it never stops a batch.
-    """
-    from cxrclf.data import imageio
-    from cxrclf.guard.checks import input_warnings
-    from cxrclf.preprocess.pipeline import preprocess_image
-
-    path, params, size = task
-    try:
-        decoded = imageio.decode(path)
-        warnings = input_warnings(decoded.pixels, decoded.info)
-        image = decoded.pixels
-        if params is not None:
-            image = preprocess_image(image, PreprocessParams(**params))
-        return {"plane": to_model_plane(image, size), "warnings": warnings}
-    except CxrclfError as exc:
-        return {"error": exc.reason}
-    except Exception as exc:  # a pathological image must not stop the batch
-        return {"error": f"cannot process image ({exc.__class__.__name__}: {exc})"}
+def _feature_width(model: torch.nn.Module) -> int:
+    """Features per image that the run's head reads (the guard's input): the first linear layer's width."""
+    return next(layer.in_features for layer in model.head.modules() if isinstance(layer, torch.nn.Linear))
 
 
 class Predictor:
@@ -82,14 +64,57 @@ class Predictor:
         self.mean = torch.tensor(self.config.model.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(self.config.model.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.guard = self._load_guard()
+        self.trained_views: tuple[str, ...] = self.config.data.trained_views  # what the input checks hold a film's view against
+        self.operating_point = self.config.operating_point  # per-class thresholds chosen on validation; None for older runs
+        self._reference = None
 
     def _load_guard(self):
-        """The run's out-of-distribution detector, or ``None`` for a run trained without one."""
-        if not self.config.guard:
+        """The run's out-of-distribution detector, or ``None`` for a run trained without one; one that does not fit the run is refused."""
+        settings = self.config.guard
+        if settings is None:
             return None
         from cxrclf.guard.detector import load_detector
 
-        return load_detector(self.folder.file(RunFolder.GUARD))
+        network = _feature_width(self.model)
+        if settings.feature_dim != network:
+            raise CxrclfError(f"guard.feature_dim says {settings.feature_dim} features per image, the run's network gives {network} "
+                              "(a hand-edited or foreign config.json)", self.folder.file(RunFolder.CONFIG))
+        path = self.folder.file(RunFolder.GUARD)
+        detector = load_detector(path)
+        problems = []
+        if detector.kind != settings.kind:
+            problems.append(f"it holds a {detector.kind} detector, config.json says {settings.kind}")
+        if detector.threshold is None or not math.isclose(detector.threshold, settings.threshold, rel_tol=1e-6, abs_tol=1e-9):
+            problems.append(f"its threshold {detector.threshold} differs from config.json's {settings.threshold}")
+        fitted_on = getattr(detector, "feature_dim", None)
+        if fitted_on is not None and fitted_on != network:
+            problems.append(f"it was fitted on {fitted_on} features per image, the run's network gives {network}")
+        classes = getattr(detector, "classes", None)
+        # every class has training images (train refuses otherwise), so the run's detector was fitted on each of them
+        if classes is not None and sorted(int(c) for c in classes) != list(range(len(self.class_names))):
+            problems.append(f"it was fitted on classes {sorted(int(c) for c in classes)}, the run has {len(self.class_names)} ({', '.join(self.class_names)})")
+        if problems:
+            raise CxrclfError(f"guard.safetensors does not belong to this run ({'; '.join(problems)}); retrain the run, or remove the guard "
+                              "block from config.json to predict without a guard", path)
+        return detector
+
+    def shift_reference(self):
+        """The batch shift test's :class:`~cxrclf.guard.shift.Reference` (the validation images' features and sources),
+        read on first use; None for a run trained before runs stored one."""
+        settings = self.config.reference
+        if settings is None:
+            return None
+        if self._reference is None:
+            from cxrclf.guard.shift import Reference
+
+            path = self.folder.file(RunFolder.REFERENCE)
+            reference = Reference.load(path)
+            network = _feature_width(self.model)
+            if (len(reference), reference.counts, reference.feature_dim) != (settings.images, settings.sources, settings.feature_dim) or reference.feature_dim != network:
+                raise CxrclfError(f"reference.safetensors does not belong to this run ({len(reference)} images of {reference.feature_dim} features; "
+                                  f"config.json says {settings.images} of {settings.feature_dim}, the network gives {network}); retrain the run", path)
+            self._reference = reference
+        return self._reference
 
     def plane_from_decoded(self, image: np.ndarray) -> np.ndarray:
         """A decoded X-ray (any size, uint8/uint16) -> the model's uint8 input plane."""
@@ -162,14 +187,15 @@ class FoldEnsemble:
 
     Every fold must share the preprocessing, input size and classes (they do when one
     ``train --cv`` made them). The guard's score is each fold's score over its own
-    threshold, averaged: above 1 is flagged. Features (for the source probe) are fold 0's.
+    threshold, averaged: above 1 is flagged. Features (for the source probe and the shift test)
+    are fold 0's, and so is the shift test's reference: the other folds' references are other
+    networks' features, not comparable with fold 0's. The ensemble has no operating point: each
+    fold's thresholds were chosen for its own probabilities, not for their average, and no
+    validation split is left to choose them on (every fold trained on the others' validation images).
     """
 
     def __init__(self, parent: RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False, tta: int = 1):
-        folds = parent.fold_runs()
-        if not folds:
-            raise CxrclfError("not a cross-validation run (no fold-K/ run folders)", parent.path)
-        self.members = [Predictor(fold, device, allow_unfinished, tta) for fold in folds]
+        self.members = [Predictor(fold, device, allow_unfinished, tta) for fold in parent.fold_members()]
         first = self.members[0]
         for member in self.members[1:]:
             if (member.params, member.input_size, member.class_names, member.in_chans) != (first.params, first.input_size, first.class_names, first.in_chans):
@@ -178,6 +204,12 @@ class FoldEnsemble:
         self.config = first.config
         self.params, self.class_names, self.input_size, self.in_chans = first.params, first.class_names, first.input_size, first.in_chans
         self.guard = first.guard if all(m.guard is not None for m in self.members) else None
+        self.trained_views = tuple(sorted({view for member in self.members for view in member.trained_views}))
+        self.operating_point = None
+
+    def shift_reference(self):
+        """Fold 0's reference, to test fold 0's features (what :meth:`assess` returns)."""
+        return self.members[0].shift_reference()
 
     plane_from_decoded = Predictor.plane_from_decoded
     plane_from_preprocessed = Predictor.plane_from_preprocessed

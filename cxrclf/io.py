@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "MARKER", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
+    "MARKER", "atomic_file", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
     "rebuilt_in_place", "sha256_file", "staged_folder", "swap_into_place", "writing_place", "write_bytes", "write_json", "write_text",
 ]
 
@@ -64,6 +64,26 @@ def write_bytes(path: Path, data: bytes) -> None:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to fill (an output too large to hold as bytes), renamed to
+    ``path`` when the block ends without error and removed otherwise; usual permissions, as :func:`write_bytes`."""
+    path = Path(path)
+    _make_parent(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
+    try:
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -262,8 +282,9 @@ def remove_stale_partials(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def folder_lock(out: Path) -> Iterator[Path]:
-    """Hold ``.<name>.lock`` beside ``out`` for the duration; a second writer is refused with the holder's PID.
+def folder_lock(out: Path, wait: bool = False) -> Iterator[Path]:
+    """Hold ``.<name>.lock`` beside ``out`` for the duration; a second writer is refused with the holder's PID,
+    or with ``wait`` waits for it (a shared cache that the first process builds and the others then read).
 
     The lock is an ``flock``: the kernel releases it when the process dies, however it dies,
     so a killed command never leaves a folder locked (a stale file is reused, not trusted).
@@ -278,7 +299,7 @@ def folder_lock(out: Path) -> Iterator[Path]:
     while True:
         handle = open(path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 handle.close()

@@ -13,6 +13,7 @@ training recipe) from how it was *executed* (device, threads, versions) and what
     metrics.csv        one row per epoch;   train.log  the human log
     checkpoint.pt      the resume state (tensors and plain values; read with weights_only)
     guard.safetensors  the out-of-distribution detector, where the run has one
+    reference.safetensors  the validation images' pooled features and sources: the batch shift test's reference
 
 Training writes runs; inference, evaluation, explanation and the benchmarks read them
 through this module, which imports nothing from ``cxrclf.train``.
@@ -25,7 +26,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 from cxrclf import folders, io
 from cxrclf.choices import Augment, Recipe, SelectBy, Strategy, parse
@@ -33,7 +34,7 @@ from cxrclf.errors import CxrclfError
 from cxrclf.labels import SCHEMES
 from cxrclf.preprocess.params import PreprocessParams, required_fields
 
-__all__ = ["DataSpec", "Execution", "Fields", "ModelSpec", "Outcome", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
+__all__ = ["DEFAULT_VIEWS", "DataSpec", "Execution", "Fields", "GuardSettings", "ModelSpec", "OperatingPoint", "Outcome", "ReferenceSettings", "RunConfig", "RunFolder", "TrainingSpec", "resolve_run", "scenario_code"]
 
 FORMAT_VERSION = 2
 FINISHED, TRAINING = "finished", "training"
@@ -123,7 +124,7 @@ class Fields:
 @dataclass(frozen=True)
 class ModelSpec:
     """The network and what it expects: enough to rebuild it and feed it."""
-    name: str
+    name: str  # canonical: a timm name or resnet-baseline, what create_model rebuilds
     class_names: tuple[str, ...]
     input_size: int
     in_chans: int
@@ -132,10 +133,18 @@ class ModelSpec:
     dropout: float = 0.5
     trainable_blocks: int | str = 4
     pretrained_source: str = ""
+    requested_name: str | None = None  # the user's spelling (NASNetLarge) when not the name itself; None too in older runs
 
     @property
     def classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def label(self) -> str:
+        """``nasnetalarge (requested as NASNetLarge)``, or the name alone when spelled as it is."""
+        from cxrclf.models.names import model_label
+
+        return model_label(self.name, self.requested_name)
 
     @classmethod
     def parse(cls, f: Fields) -> "ModelSpec":
@@ -153,21 +162,32 @@ class ModelSpec:
             name=f.str("name"), class_names=class_names, input_size=f.int("input_size", 16, MAX_INPUT_SIZE), in_chans=in_chans,
             mean=f.numbers("mean", (in_chans,), -10.0, 10.0), std=f.numbers("std", (in_chans,), 1e-6, 10.0),
             dropout=f.float("dropout", 0.0, 0.999, 0.5), trainable_blocks=blocks, pretrained_source=f.str("pretrained_source", ""),
+            requested_name=f.optional_str("requested_name"),
         )
+
+
+# Runs made before views were recorded were trained on what `fuse` keeps by default: PA films.
+DEFAULT_VIEWS: tuple[str, ...] = ("PA",)
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The preprocessed folder a run learned from, pinned by its manifest's hash."""
+    """The preprocessed folder a run learned from, pinned by its manifest's hash, and the views of its training images."""
     folder: str
     manifest_sha256: str = ""
     fold: int | None = None
     exclude_sources: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()     # distinct manifest views of the training rows; () when not recorded
+
+    @property
+    def trained_views(self) -> tuple[str, ...]:
+        """The views the run saw; :data:`DEFAULT_VIEWS` (PA) for a run that did not record them (older runs, or data with no view column)."""
+        return self.views or DEFAULT_VIEWS
 
     @classmethod
     def parse(cls, f: Fields) -> "DataSpec":
         return cls(folder=f.str("folder"), manifest_sha256=f.str("manifest_sha256", ""), fold=f.optional_int("fold", 0, 1000),
-                   exclude_sources=f.strings("exclude_sources", []))
+                   exclude_sources=f.strings("exclude_sources", []), views=f.strings("views", []))
 
 
 @dataclass(frozen=True)
@@ -234,6 +254,135 @@ class Outcome:
                    class_weights={str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) else None)
 
 
+GUARD_KINDS = ("gaussian", "energy")
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The out-of-distribution guard a run carries: what ``guard.safetensors`` must hold, checked when it loads."""
+    kind: str
+    threshold: float
+    quantile: float
+    feature_dim: int
+    train_images: int = 0
+    val_images: int = 0
+    val_flag_rate: float | None = None
+    file: str = "guard.safetensors"
+
+    @classmethod
+    def parse(cls, f: Fields) -> "GuardSettings":
+        file = f.str("file", "guard.safetensors")
+        if file != "guard.safetensors":  # the run's own file, never a path elsewhere
+            raise f._fail("file", "guard.safetensors (the run's own detector file)")
+        rate = f.document.get("val_flag_rate")
+        kind = f.str("kind", choices=GUARD_KINDS)
+        low = 0.0 if kind == "gaussian" else -1e300  # a distance is never negative; an energy may be
+        return cls(kind=kind, threshold=f.float("threshold", low, 1e300), quantile=f.float("quantile", 1e-6, 1 - 1e-6),
+                   feature_dim=f.int("feature_dim", 1, 10**6), train_images=f.int("train_images", 0, 10**9, 0), val_images=f.int("val_images", 0, 10**9, 0),
+                   val_flag_rate=None if rate is None else f.float("val_flag_rate", 0.0, 1.0), file=file)
+
+    def to_dict(self) -> dict:
+        return io.jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """The batch shift test's reference (:mod:`cxrclf.guard.shift`): what ``reference.safetensors`` holds.
+
+    The pooled features of the run's validation images (never its training images: the
+    weights were fitted on those, so their features sit closer to the model than any new
+    image's), with each image's source from the manifest.
+    """
+    images: int
+    sources: dict[str, int]
+    feature_dim: int
+    split: str = "val"
+    file: str = "reference.safetensors"
+
+    @classmethod
+    def parse(cls, f: Fields) -> "ReferenceSettings":
+        if f.str("file", "reference.safetensors") != "reference.safetensors":  # the run's own file, never a path elsewhere
+            raise f._fail("file", "reference.safetensors (the run's own reference file)")
+        sources = f.mapping("sources")
+        if not sources or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sources.values()):
+            raise f._fail("sources", "an object of image counts per source")
+        images = f.int("images", 2, 10**9)
+        if sum(sources.values()) != images:
+            raise f._fail("images", f"the sum of the sources' counts ({sum(sources.values())})")
+        return cls(images=images, sources={str(k): int(v) for k, v in sources.items()}, feature_dim=f.int("feature_dim", 1, 10**6),
+                   split=f.str("split", "val", ("val",)))
+
+    def to_dict(self) -> dict:
+        return io.jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Per-class decision thresholds, each class against the rest, chosen by ``train`` on the validation
+    probabilities of the best weights (a decision travels with the weights it was made for).
+
+    ``rule`` is ``youden`` (Youden's J: the most sensitivity + specificity) or
+    ``sensitivity=S`` (the most specific threshold whose validation sensitivity reaches S). A
+    class is *positive* for an image when its probability is at or above its threshold: none,
+    one or several classes may be; the argmax label is a separate answer.
+    """
+    rule: str
+    thresholds: dict[str, float]
+    val_images: int = 0
+    val_sensitivity: dict[str, float | None] = field(default_factory=dict)
+    val_specificity: dict[str, float | None] = field(default_factory=dict)
+
+    RULES: ClassVar[str] = "youden, or sensitivity=S with a target sensitivity S in (0, 1] (for example sensitivity=0.9)"
+
+    @staticmethod
+    def parse_rule(text: str) -> str:
+        """``"youden"`` or ``"sensitivity=0.9"`` (normalised); anything else is a one-line error naming the value."""
+        value = str(text).strip().lower()
+        if value == "youden":
+            return value
+        name, equals, number = value.partition("=")
+        if name.strip() == "sensitivity" and equals:
+            try:
+                target = float(number)
+            except ValueError:
+                target = math.nan
+            if math.isfinite(target) and 0 < target <= 1:
+                return f"sensitivity={target:g}"
+            raise CxrclfError(f"operating point {text!r}: the target sensitivity must be a number in (0, 1], for example sensitivity=0.9")
+        raise CxrclfError(f"operating point must be {OperatingPoint.RULES}; not {text!r}")
+
+    @property
+    def target_sensitivity(self) -> float | None:
+        return float(self.rule.partition("=")[2]) if self.rule.startswith("sensitivity=") else None
+
+    def positive(self, probabilities: dict[str, float]) -> list[str]:
+        """The classes whose probability is at or above their threshold, in class order."""
+        return [name for name, threshold in self.thresholds.items() if probabilities[name] >= threshold]
+
+    @classmethod
+    def parse(cls, f: Fields, class_names: tuple[str, ...]) -> "OperatingPoint":
+        try:
+            rule = cls.parse_rule(f.str("rule"))
+        except CxrclfError:
+            raise f._fail("rule", OperatingPoint.RULES) from None
+        thresholds = f.mapping("thresholds")
+        if (list(thresholds) != list(class_names)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1 for v in thresholds.values())):
+            raise f._fail("thresholds", f"an object of one threshold from 0 to 1 per class ({', '.join(class_names)})")
+
+        def rates(key: str) -> dict[str, float | None]:
+            values = f.mapping(key, {})
+            if not set(values) <= set(class_names) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1) for v in values.values()):
+                raise f._fail(key, "an object of rates from 0 to 1 (or null) per class")
+            return {k: None if v is None else float(v) for k, v in values.items()}
+
+        return cls(rule=rule, thresholds={k: float(v) for k, v in thresholds.items()}, val_images=f.int("val_images", 0, 10**9, 0),
+                   val_sensitivity=rates("val_sensitivity"), val_specificity=rates("val_specificity"))
+
+    def to_dict(self) -> dict:
+        return io.jsonable(asdict(self))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelSpec
@@ -243,7 +392,9 @@ class RunConfig:
     execution: Execution = field(default_factory=Execution)
     outcome: Outcome = field(default_factory=Outcome)
     status: str = TRAINING
-    guard: dict | None = None           # the out-of-distribution guard's settings, where the run has one
+    guard: GuardSettings | None = None  # the out-of-distribution guard, where the run has one
+    reference: ReferenceSettings | None = None  # the batch shift test's reference (runs trained before it: None)
+    operating_point: OperatingPoint | None = None  # per-class thresholds chosen on validation (runs trained before them: None)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -266,13 +417,19 @@ class RunConfig:
             "format_version": self.format_version, "status": self.status, "scenario": self.scenario,
             "model": io.jsonable(asdict(self.model)), "preprocess": self.preprocess.to_dict(), "data": io.jsonable(asdict(self.data)),
             "training": io.jsonable(asdict(self.training)), "execution": io.jsonable(asdict(self.execution)), "outcome": io.jsonable(asdict(self.outcome)),
-            "guard": io.jsonable(self.guard),
+            "guard": None if self.guard is None else self.guard.to_dict(),
+            "reference": None if self.reference is None else self.reference.to_dict(),
+            "operating_point": None if self.operating_point is None else self.operating_point.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, document: Any, source: Path | None = None) -> "RunConfig":
         root = Fields(document, "", source)
-        version = root.int("format_version", 1, FORMAT_VERSION, 1)
+        nested = isinstance(document.get("model"), dict)  # format 2 and later; 0.1's flat file had no format_version
+        for key in ("format_version", "status") if nested else ():
+            if key not in document:
+                raise CxrclfError(f"field {key} is missing (a hand-edited or foreign config.json; cxrclf always writes it)", source)
+        version = root.int("format_version", 2 if nested else 1, FORMAT_VERSION, 1)
         if version == 1:
             document = _upgrade_v1(document, source)
             root = Fields(document, "", source)
@@ -281,15 +438,19 @@ class RunConfig:
         if missing:
             raise CxrclfError(f"field preprocess lacks {', '.join(missing)} (an incomplete or foreign run folder; its images would be "
                               "preprocessed differently from training)", source)
-        guard = document.get("guard")
-        if guard is not None and not isinstance(guard, dict):
+        if document.get("guard") is not None and not isinstance(document.get("guard"), dict):
             raise root._fail("guard", "a JSON object or null")
+        guard = GuardSettings.parse(root.child("guard")) if root.has("guard") else None
+        reference = ReferenceSettings.parse(root.child("reference")) if root.has("reference") else None
+        model = ModelSpec.parse(root.child("model"))
+        operating_point = OperatingPoint.parse(root.child("operating_point"), model.class_names) if root.has("operating_point") else None
         return cls(
-            model=ModelSpec.parse(root.child("model")), preprocess=PreprocessParams.from_dict(preprocess, source),
+            model=model, preprocess=PreprocessParams.from_dict(preprocess, source),
             data=DataSpec.parse(root.child("data")), training=TrainingSpec.parse(root.child("training")),
             execution=Execution.parse(root.child("execution")) if root.has("execution") else Execution(),
             outcome=Outcome.parse(root.child("outcome")) if root.has("outcome") else Outcome(),
-            status=root.str("status", TRAINING, (FINISHED, TRAINING)), guard=guard, format_version=FORMAT_VERSION,
+            status=root.str("status", TRAINING, (FINISHED, TRAINING)), guard=guard, reference=reference, operating_point=operating_point,
+            format_version=FORMAT_VERSION,
         )
 
 
@@ -327,6 +488,7 @@ class RunFolder:
     LOG = "train.log"
     CHECKPOINT = "checkpoint.pt"
     GUARD = "guard.safetensors"
+    REFERENCE = "reference.safetensors"
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -350,6 +512,53 @@ class RunFolder:
             return []
         folds = [p for p in self.path.iterdir() if p.is_dir() and p.name.startswith("fold-") and p.name[5:].isdigit() and (p / self.CONFIG).is_file()]
         return [RunFolder(p) for p in sorted(folds, key=lambda p: int(p.name[5:]))]
+
+    def fold_members(self) -> list["RunFolder"]:
+        """The folds of a cross-validation parent, checked as one ensemble: none missing, all one model, classes and preprocessing."""
+        folds = self.fold_runs()
+        if not folds:
+            raise CxrclfError("not a cross-validation run (no fold-K/ run folders)", self.path)
+        numbers = [int(fold.path.name[5:]) for fold in folds]
+        expected = max(numbers) + 1
+        summary = self.file("cv_summary.json")
+        if summary.is_file():
+            listed = io.read_json(summary, "cv_summary.json").get("folds")
+            if isinstance(listed, int) and not isinstance(listed, bool) and listed > 0:
+                expected = listed
+        missing = sorted(set(range(expected)) - set(numbers))
+        if missing or len(numbers) != expected:
+            name = f"fold-{missing[0]}" if missing else f"fold-{max(numbers)}"
+            raise CxrclfError(f"{name} is missing or not a run (no config.json); the parent was trained with {expected} folds and an ensemble "
+                              "of the others is not the one trained: finish it with `cxrclf train --cv --resume`, or evaluate the folds one by one",
+                              self.path / name)
+        first = folds[0].read_config()
+        for number, fold in zip(numbers, folds):
+            config = fold.read_config()
+            differs = [what for what, mine, theirs in (
+                ("architecture", config.model.name, first.model.name), ("classes", config.model.class_names, first.model.class_names),
+                ("input size", (config.model.input_size, config.model.in_chans), (first.model.input_size, first.model.in_chans)),
+                ("preprocessing", config.preprocess, first.preprocess),
+                ("data", (config.data.folder, config.data.manifest_sha256), (first.data.folder, first.data.manifest_sha256))) if mine != theirs]
+            if differs:
+                raise CxrclfError(f"differs from fold-0 in {', '.join(differs)} (a fold replaced by another run?); the folds of one "
+                                  "`cxrclf train --cv` share all of them", fold.path)
+            if config.data.fold is not None and config.data.fold != number:
+                raise CxrclfError(f"holds the run of fold {config.data.fold}, not of fold {number} (a fold folder moved or renamed?)", fold.path)
+        return folds
+
+    def reads(self) -> list[Path]:
+        """Every folder a command reads through this run: the run (or a parent and its folds) and each lung segmenter.
+
+        No output may be, contain or lie inside one of them (:func:`cxrclf.io.refuse_overlap`),
+        ``--overwrite`` or not: a CSV named ``RUN/config.json`` must not replace the config.
+        """
+        folders_read = [self.path, *(fold.path for fold in self.fold_runs())]
+        for folder in list(folders_read):
+            with contextlib.suppress(CxrclfError, OSError):  # a damaged config is reported when the run loads
+                lung_model = RunFolder(folder).read_config().preprocess.lung_model
+                if lung_model:
+                    folders_read.append(Path(lung_model))
+        return folders_read
 
     def read_config(self) -> RunConfig:
         if not self.path.is_dir():

@@ -11,6 +11,20 @@ from cxrclf import cli
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-mini"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plane_cache_of_this_session(tmp_path_factory):
+    """Training's plane caches go to a folder of this session, not the user's ~/.cache (subprocesses inherit it)."""
+    import os
+
+    previous = os.environ.get("CXRCLF_CACHE")
+    os.environ["CXRCLF_CACHE"] = str(tmp_path_factory.mktemp("plane-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CXRCLF_CACHE", None)
+    else:
+        os.environ["CXRCLF_CACHE"] = previous
+
+
 @dataclass
 class Result:
     exit_code: int

@@ -28,11 +28,13 @@ def test_readme_demo_command_works(tmp_path):
     evaluation = run / "evaluation-own-test"
     lines = done.stdout.splitlines()
     pictures = sorted((out / "explanations").glob("*.png"))
-    for path in (evaluation.resolve() / "report.md", *(p.relative_to(tmp_path) for p in pictures)):
+    for path in (evaluation.resolve() / "report.md", evaluation.resolve() / "report.html", (run / "MODEL_CARD.md").relative_to(tmp_path),
+                 *(p.relative_to(tmp_path) for p in pictures)):
         assert f"  {path}" in lines, f"{path} is not printed whole on a line of its own"
     # the colour photograph is predicted with the X-rays, and flagged
     photograph = next(i for i, line in enumerate(lines) if line.strip() == str(Path("cxrclf-demo") / "photographs" / "astronaut.png"))
-    assert "FLAGGED: real colour" in " ".join(lines[photograph - 3:photograph])
+    block = lines[max(i for i, line in enumerate(lines[:photograph]) if line.lstrip().startswith("predict ")):photograph]  # its verdict, however wrapped
+    assert "FLAGGED: real colour" in " ".join(block) and "no pair of lung fields" in " ".join(block)
     assert sum(line.lstrip().startswith("predict ") for line in lines) == 5  # one X-ray per finding, then the photograph
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["point"]["macro_auc"] > 0.9, metrics["point"]  # the model learned
@@ -43,6 +45,10 @@ def test_readme_demo_command_works(tmp_path):
     assert sorted(p.name.split(".")[1] for p in pictures) == ["gradcam", "lime"]
     report = (evaluation / "report.md").read_text()
     assert report.index("Why the scores here are perfect") < report.index("## Headline")
+    page = (evaluation / "report.html").read_text()  # the same report, note included, figures inside
+    assert page.index("Why the scores here are perfect") < page.index("<h2>Headline") and page.count('src="data:image/png;base64,') == 4
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "**not a medical device**" in card and f"`{evaluation.resolve()}/metrics.json`" in card
     assert (out / "runs" / "latest").resolve() == run.resolve()
     manifest = pd.read_csv(out / "data" / "fused" / "manifest.csv")
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1

@@ -48,6 +48,7 @@ def load(path: Path) -> pd.DataFrame:
 
 def audit_frame(frame: pd.DataFrame, near_duplicate_bits: int = 24) -> dict:
     """The leakage findings of a manifest (pure). ``leakage`` is true when any list is non-empty."""
+    split.check_distance(near_duplicate_bits)
     patient_splits = frame.groupby("patient_id")["split"].agg(lambda s: sorted(set(s)))
     shared_patients = [{"patient_id": p, "splits": s} for p, s in patient_splits.items() if len(s) > 1]
 

@@ -1,8 +1,9 @@
 """Fuse sources into one manifest: decode once, deduplicate, group, split, write atomically.
 
 Flow: source readers -> records -> parallel decode (PNG written, sha256 and pHash computed)
--> exact duplicates collapsed -> near-duplicates linked -> patient groups -> splits -> the
-staged folder renamed into place.
+-> copies collapsed (identical pixels, or one X-ray in two sources: NIH's images re-issued
+by RSNA) -> near-duplicates linked -> patient groups -> splits -> the staged folder renamed
+into place.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +21,7 @@ import pandas as pd
 from cxrclf import __version__, io
 from cxrclf.data import imageio, split
 from cxrclf.data.manifest import FUSED_COLUMNS, write_manifest
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, cohen, nlm, rsna, table
+from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, cohen, nih, nlm, rsna, table
 from cxrclf.choices import RsnaNotNormal, parse
 from cxrclf.errors import CxrclfError
 from cxrclf.parallel import map_images
@@ -35,6 +37,7 @@ IMAGES = "images"
 class FuseOptions:
     cohen: Path | None = None
     rsna: Path | None = None
+    nih: Path | None = None
     nlm: Path | None = None
     shenzhen: Path | None = None
     tables: tuple[Path, ...] = ()
@@ -45,11 +48,12 @@ class FuseOptions:
     folds: int = 4
     seed: int = 0
     near_duplicate_bits: int = 24
+    same_xray_bits: int = 16  # copies in two sources: re-encoded, resized and brightened <= 14 bits, distinct X-rays >= 50 (docs/validity.md)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def validate(self) -> None:
-        if not any((self.cohen, self.rsna, self.nlm, self.shenzhen, self.tables)):
-            raise CxrclfError("no source given: name at least one of the Cohen, RSNA, NLM or Shenzhen folders, or a table of your own")
+        if not any((self.cohen, self.rsna, self.nih, self.nlm, self.shenzhen, self.tables)):
+            raise CxrclfError("no source given: name at least one of the Cohen, RSNA, NIH, NLM or Shenzhen folders, or a table of your own")
         parse(RsnaNotNormal, self.rsna_not_normal, "the RSNA 'Not Normal' rule")
         if not (0 <= self.test_frac < 1 and 0 <= self.val_frac < 1 and self.test_frac + self.val_frac < 1):
             raise CxrclfError("the test and validation fractions must be in [0, 1) and sum to less than 1")
@@ -57,6 +61,8 @@ class FuseOptions:
             raise CxrclfError("folds must be at least 1")
         if not self.views:
             raise CxrclfError("views needs at least one view (for example PA)")
+        split.check_distance(self.near_duplicate_bits)
+        split.check_distance(self.same_xray_bits)
 
 
 def read_sources(options: FuseOptions) -> SourceRows:
@@ -64,6 +70,8 @@ def read_sources(options: FuseOptions) -> SourceRows:
     rows = SourceRows()
     if options.cohen:
         rows.extend(cohen.read(options.cohen, options.views))
+    if options.nih:  # before RSNA: of an X-ray in both, NIH's original PNG is the copy kept
+        rows.extend(nih.read(options.nih, options.views))
     if options.rsna:
         rows.extend(rsna.read(options.rsna, options.views, options.rsna_not_normal))
     for folder in (options.nlm, options.shenzhen):
@@ -111,7 +119,7 @@ def _count_table(frame: pd.DataFrame, rows: str) -> dict[str, dict[str, int]]:
 def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Build ``out`` (manifest.csv, images/, fuse_report.json). Returns the report."""
     options.validate()
-    inputs = [options.cohen, options.rsna, options.nlm, options.shenzhen, *options.tables]
+    inputs = [options.cohen, options.rsna, options.nih, options.nlm, options.shenzhen, *options.tables]
     io.check_output_path(out, overwrite, inputs, kinds=("fused",))
     rows = read_sources(options)
     if not rows.records:
@@ -138,7 +146,7 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
                 "sha256": sha, "phash": phash,
             })
 
-        kept, duplicates, dropped = _collapse_exact_duplicates(kept)
+        kept, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits)
         exclusions.extend(dropped)
         for row in (copy for group in duplicates for copy in group["dropped_rows"]):
             (stage / IMAGES / f"{row['image_id']}.png").unlink(missing_ok=True)
@@ -161,30 +169,69 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
     return report
 
 
-def _collapse_exact_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict], list[Exclusion]]:
-    """One row per identical pixel content. Conflicting findings exclude every copy."""
-    by_sha: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_sha[row["sha256"]].append(row)
-    kept, duplicates, dropped = [], [], []
-    for row in rows:
-        copies = by_sha[row["sha256"]]
-        if len(copies) == 1:
-            kept.append(row)
-            continue
-        if row is not copies[0]:
-            continue
+def _copy_sets(rows: list[dict], same_xray_bits: int) -> list[list[int]]:
+    """Row indices holding one X-ray (sets of two or more, in row order): identical pixels, or,
+    from two sources, perceptual hashes at most ``same_xray_bits`` apart (a re-encoded copy,
+    as RSNA's DICOMs of NIH's PNGs: their pixels differ, so only the hash finds them)."""
+    links = [(i, j) for i, j in split.hamming_pairs([r["phash"] for r in rows], same_xray_bits) if rows[i]["source"] != rows[j]["source"]]
+    first_with_sha: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        first = first_with_sha.setdefault(row["sha256"], index)
+        if first != index:
+            links.append((first, index))
+    # connected components: every row its own "patient", joined by the links
+    members: dict[str, list[int]] = defaultdict(list)
+    for index, component in enumerate(split.leakage_groups([str(i) for i in range(len(rows))], links)):
+        members[component].append(index)
+    return [indices for indices in members.values() if len(indices) > 1]
+
+
+def _collapse_copies(rows: list[dict], same_xray_bits: int) -> tuple[list[dict], list[dict], list[Exclusion]]:
+    """One row per X-ray: the first copy in reading order stays. Conflicting findings exclude every copy."""
+    dropped_index: set[int] = set()
+    duplicates, dropped = [], []
+    for indices in _copy_sets(rows, same_xray_bits):
+        copies = [rows[i] for i in indices]
+        identical = len({c["sha256"] for c in copies}) == 1
         findings = sorted({c["finding"] for c in copies})
+        dropped_index.update(indices if len(findings) > 1 else indices[1:])
+        entry = {"all_rows": copies, "identical": identical}
         if len(findings) > 1:
-            for copy in copies:
-                dropped.append(Exclusion(copy["source"], copy["source_file"], "identical image, conflicting findings", ", ".join(findings)))
-            duplicates.append({"kept": None, "dropped": [c["image_id"] for c in copies], "dropped_rows": copies, "all_rows": copies, "reason": "conflicting findings"})
+            reason = "identical image, conflicting findings" if identical else "same X-ray in several sources, conflicting findings"
+            detail = ", ".join(findings) if identical else "; ".join(f"{c['source']}/{c['source_file']}: {c['finding']}" for c in copies)
+            dropped.extend(Exclusion(c["source"], c["source_file"], reason, detail) for c in copies)
+            duplicates.append(entry | {"kept": None, "dropped": [c["image_id"] for c in copies], "dropped_rows": copies, "reason": "conflicting findings"})
             continue
-        kept.append(copies[0])
+        first = copies[0]
         for copy in copies[1:]:
-            dropped.append(Exclusion(copy["source"], copy["source_file"], "exact duplicate", f"same pixels as {copies[0]['source']}/{copies[0]['source_file']}"))
-        duplicates.append({"kept": copies[0]["image_id"], "dropped": [c["image_id"] for c in copies[1:]], "dropped_rows": copies[1:], "all_rows": copies, "reason": "identical pixels"})
+            if copy["sha256"] == first["sha256"]:
+                dropped.append(Exclusion(copy["source"], copy["source_file"], "exact duplicate", f"same pixels as {first['source']}/{first['source_file']}"))
+            else:
+                bits = (int(copy["phash"], 16) ^ int(first["phash"], 16)).bit_count()
+                dropped.append(Exclusion(copy["source"], copy["source_file"], "same X-ray in another source",
+                                         f"kept as {first['source']}/{first['source_file']} (perceptual hashes {bits} bits apart)"))
+        duplicates.append(entry | {"kept": first["image_id"], "dropped": [c["image_id"] for c in copies[1:]], "dropped_rows": copies[1:],
+                                   "reason": "identical pixels" if identical else "same X-ray"})
+    kept = [row for index, row in enumerate(rows) if index not in dropped_index]
     return kept, duplicates, dropped
+
+
+def _across_sources(duplicates: list[dict]) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """The copy sets that span sources, with every copy's provenance, and their counts per source pair."""
+    listed, per_pair = [], defaultdict(Counter)
+    for entry in duplicates:
+        sources = sorted({c["source"] for c in entry["all_rows"]})
+        if len(sources) < 2:
+            continue
+        listed.append({
+            "kept": entry["kept"], "reason": entry["reason"],
+            "copies": [{k: c[k] for k in ("image_id", "source", "source_file", "patient_id", "finding")} for c in entry["all_rows"]],
+        })
+        outcome = "kept once" if entry["kept"] else "excluded, findings disagree"
+        for a, b in combinations(sources, 2):
+            per_pair[f"{a}+{b}"].update({"x_rays": 1, outcome: 1})
+    return listed, {pair: {"x_rays": c["x_rays"], "kept once": c["kept once"], "excluded, findings disagree": c["excluded, findings disagree"]}
+                    for pair, c in sorted(per_pair.items())}
 
 
 def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusion], duplicates: list[dict], pairs, kept) -> dict:
@@ -193,6 +240,7 @@ def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusio
         if kept[i]["patient_id"] != kept[j]["patient_id"]:
             near[kept[i]["group"]].update((kept[i]["image_id"], kept[j]["image_id"]))
     excluded_by_reason = Counter(e.reason for e in exclusions)
+    across, per_pair = _across_sources(duplicates)
     by_source_reason: dict[str, dict[str, int]] = defaultdict(dict)
     for (source, reason), n in sorted(Counter((e.source, e.reason) for e in exclusions).items()):
         by_source_reason[source][reason] = n
@@ -209,11 +257,14 @@ def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusio
         "patients": int(frame["patient_id"].nunique()),
         "groups": int(frame["group"].nunique()),
         "source_x_finding": _count_table(frame, "source"),
+        "view_x_finding": _count_table(frame, "view"),  # the views kept (a run records those of its training rows)
         "split_x_finding": _count_table(frame, "split"),
         "fold_x_finding": _count_table(frame[frame["fold"] >= 0], "fold"),
         "excluded": {"total": len(exclusions), "by_reason": dict(sorted(excluded_by_reason.items())), "by_source": dict(by_source_reason)},
         "excluded_rows": [asdict(e) for e in exclusions],
-        "exact_duplicates": [{k: v for k, v in d.items() if k not in ("dropped_rows", "all_rows")} for d in duplicates],
+        "exact_duplicates": [{k: d[k] for k in ("kept", "dropped", "reason")} for d in duplicates if d["identical"]],
+        "same_xray_across_sources": across,
+        "same_xray_by_source_pair": per_pair,
         "near_duplicates_across_patients": [sorted(ids) for _, ids in sorted(near.items())],
         "single_source_findings": single_source,
     }

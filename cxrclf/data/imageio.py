@@ -49,6 +49,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 MAX_PIXELS = 80_000_000
 MAX_PIXELS_VARIABLE = "CXRCLF_MAX_PIXELS"
+HASH_BITS = 256  # the perceptual hash: the 16 x 16 lowest DCT frequencies
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 
@@ -472,6 +473,7 @@ def perceptual_hash(image: np.ndarray) -> str:
     import cv2
 
     small = cv2.resize(image.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
-    coefficients = cv2.dct(small)[:16, :16].flatten()
+    side = math.isqrt(HASH_BITS)
+    coefficients = cv2.dct(small)[:side, :side].flatten()
     bits = coefficients > np.median(coefficients[1:])
     return np.packbits(bits).tobytes().hex()

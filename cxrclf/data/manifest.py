@@ -20,7 +20,7 @@ __all__ = ["FUSED_COLUMNS", "SPLITS", "manifest_path", "read_manifest", "select_
 FUSED_COLUMNS: tuple[str, ...] = (
     "image_id",      # unique, stable, file-name safe
     "path",          # image file relative to the manifest's folder
-    "source",        # cohen | rsna | montgomery | shenzhen | table:<name>
+    "source",        # cohen | nih | rsna | montgomery | shenzhen | table:<name>
     "source_file",   # the original file, relative to the source folder given to fuse
     "patient_id",    # namespaced by source: "cohen:123"
     "finding",       # one of labels.FINDINGS

@@ -10,6 +10,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from cxrclf.data import hamming
+from cxrclf.errors import CxrclfError
 from cxrclf.labels import FINDINGS
 
 __all__ = ["assign_splits", "hamming_pairs", "leakage_groups"]
@@ -36,25 +38,22 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
+def check_distance(max_distance: int) -> int:
+    """A near-duplicate distance in bits, or a one-line error: a negative one would silently find none."""
+    from cxrclf.data.imageio import HASH_BITS
+
+    if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or not 0 <= max_distance <= HASH_BITS:
+        raise CxrclfError(f"the near-duplicate distance must be a whole number of bits from 0 to {HASH_BITS} (24 by default), not {max_distance!r}")
+    return int(max_distance)
+
+
 def hamming_pairs(hashes: list[str], max_distance: int) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose hex hashes differ in at most ``max_distance`` bits."""
-    if len(hashes) < 2 or max_distance < 0:
-        return []
-    words = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=">u8")
-    values = words.astype(np.uint64).reshape(len(hashes), -1)
-    pairs: list[tuple[int, int]] = []
-    block = 512
-    for start in range(0, len(values), block):
-        chunk = values[start:start + block]
-        distances = np.zeros((len(chunk), len(values)), dtype=np.uint16)
-        for word in range(values.shape[1]):
-            distances += np.bitwise_count(chunk[:, word, None] ^ values[None, :, word])
-        rows, cols = np.nonzero(distances <= max_distance)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            i = start + r
-            if i < c:
-                pairs.append((i, c))
-    return pairs
+    """Index pairs (i < j), sorted, whose hex hashes differ in at most ``max_distance`` bits.
+
+    Exact, in near-linear time for the default distance (multi-index hashing, see
+    :mod:`cxrclf.data.hamming`): a million hashes take about a minute, not days.
+    """
+    return hamming.pairs(hashes, check_distance(max_distance))
 
 
 def leakage_groups(patient_ids: list[str], linked_pairs: list[tuple[int, int]], linked_patients: list[tuple[str, ...]] = ()) -> list[str]:

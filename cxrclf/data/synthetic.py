@@ -347,6 +347,45 @@ def write_nlm(folder: Path, counts: dict[str, int], rng: np.random.Generator, si
     return written
 
 
+NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
+              "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]  # NIH's own header, split at its commas
+_NIH_OTHER = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Nodule", "Pleural_Thickening")
+
+
+def write_nih(folder: Path, counts: dict[str, int], rng: np.random.Generator, size: int = 256, other: int = 0, ap: int = 0,
+              images_per_patient: int = 3, archives: int = 0) -> list[dict[str, str]]:
+    """NIH ChestX-ray14 layout: ``Data_Entry_2017.csv`` + ``images/*.png`` (with ``archives``,
+    ``images_001/images/`` ... as the official archives unpack). Returns the CSV rows.
+
+    ``counts`` are PA images for ``normal`` ("No Finding") and ``other_pneumonia``
+    ("Pneumonia", alone or joined with other findings as NIH does); ``other`` images list
+    findings without pneumonia and ``ap`` images are AP. Patients have one to
+    ``images_per_patient`` follow-ups, numbered as NIH numbers them.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = [(NORMAL, "PA")] * counts.get(NORMAL, 0) + [(OTHER_PNEUMONIA, "PA")] * counts.get(OTHER_PNEUMONIA, 0)
+    plan += [("other", "PA")] * other + [(NORMAL, "AP")] * ap
+    rows: list[dict[str, str]] = []
+    patient, follow_up, remaining = 0, 0, 0
+    for index, (finding, view) in enumerate(plan):
+        if remaining == 0:
+            patient, follow_up, remaining = patient + 1, 0, int(rng.integers(1, images_per_patient + 1))
+        extra = list(rng.choice(_NIH_OTHER, size=int(rng.integers(0, 3)), replace=False))
+        labels = {NORMAL: ["No Finding"], OTHER_PNEUMONIA: sorted(extra + ["Pneumonia"]), "other": sorted(extra or ["Effusion"])}[finding]
+        name = f"{patient:08d}_{follow_up:03d}.png"
+        archive = f"images_{index * archives // len(plan) + 1:03d}/images" if archives else "images"
+        _png(folder / archive / name, to_uint8(phantom(OTHER_PNEUMONIA if finding == "other" else finding, rng, size).image))
+        rows.append(dict(zip(NIH_HEADER, [name, "|".join(labels), str(follow_up), str(patient), str(int(rng.integers(20, 90))),
+                                          str(rng.choice(["M", "F"])), view, "2500", "2048", "0.168", "0.168"])))
+        follow_up, remaining = follow_up + 1, remaining - 1
+    with open(folder / "Data_Entry_2017.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(NIH_HEADER)
+        writer.writerows([row[key] for key in NIH_HEADER] for row in rows)
+    return rows
+
+
 def _write_lung_masks(set_folder: Path, name: str, lungs: np.ndarray, set_name: str) -> None:
     if set_name == "montgomery":
         image_right = np.zeros_like(lungs)

@@ -2,8 +2,11 @@
 
 Flow: a run + a data folder (its own preprocessed data by default, or any fused or
 preprocessed folder as an external test set) -> predictions.csv -> metrics.json, report.md
-and figures in ``RUN/evaluation-<data>-<split>/``. The COVID-19-vs-rest operating point is
-chosen on the run's validation split, never on the data being evaluated.
+and figures in ``RUN/evaluation-<data>-<split>/``. The operating point is the one ``train``
+chose on the run's validation split and stored in the run (per class), never one chosen on
+the data being evaluated; for runs made before runs stored one it is recomputed on their
+validation split. The batch shift test compares the evaluated images, all and per source,
+with the run's validation images.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams, read_params
 from cxrclf.runs import RunConfig, RunFolder, resolve_run
 
-__all__ = ["EvaluateOptions", "compute_metrics", "evaluate", "load_rows", "predict_rows"]
+__all__ = ["EvaluateOptions", "compute_metrics", "evaluate", "load_rows", "predict_rows", "view_metrics"]
 
 FOCUS = COVID19
 
@@ -88,7 +91,7 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     """
     scheme = SCHEMES[len(predictor.class_names)]
     params = predictor.params.to_dict() if needs_preprocessing else None
-    tasks = [(str(root / p), params, predictor.input_size) for p in rows["path"]]
+    tasks = [(str(root / p), params, predictor.input_size, predictor.trained_views) for p in rows["path"]]
     decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
     failed = [(rows["image_id"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
     if len(failed) == len(rows):
@@ -101,7 +104,8 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     probabilities, features, scores = predictor.combine(members) if members else predictor.assess(planes)
     flagged = predictor.flagged(scores)
     out = pd.DataFrame({
-        "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"], "finding": rows["finding"],
+        "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"],
+        **({"view": rows["view"]} if "view" in rows.columns else {}), "finding": rows["finding"],
         "label": [scheme.finding_to_class[f] for f in rows["finding"]],
     })
     for index, name in enumerate(predictor.class_names):
@@ -187,6 +191,64 @@ def _validation_threshold(predictor, config: RunConfig, sensitivity: float | Non
     return operating.choose_threshold(labels == focus, probabilities[:, focus], sensitivity) | {"chosen_on": f"{folder} (val)"}
 
 
+def _operating_thresholds(predictor, config: RunConfig, ensemble: bool, sensitivity: float | None, workers: int) -> tuple[dict | None, dict | None]:
+    """(the COVID-19 threshold evaluate reports at, one recomputed beside it or None).
+
+    The run's stored operating point where it has one (with ``sensitivity``, a threshold
+    recomputed on validation for that target is shown beside it, labelled); a run without one
+    (trained before runs stored it) gets one recomputed on its validation split, labelled so.
+    A fold ensemble has none: no validation split is its own, and each fold's thresholds fit
+    its own probabilities, not their average.
+    """
+    if ensemble:
+        return None, None
+    point = predictor.operating_point
+    if point is None:
+        found = _validation_threshold(predictor, config, sensitivity, workers)
+        return (None if found is None else found | {"source": "recomputed on validation by evaluate (the run stores no operating point)"}), None
+    target = point.target_sensitivity
+    stored = {"threshold": point.thresholds[FOCUS], "rule": "Youden's J on validation" if target is None else f"validation sensitivity >= {target:g}",
+              "val_sensitivity": point.val_sensitivity.get(FOCUS), "val_specificity": point.val_specificity.get(FOCUS),
+              "chosen_on": f"{config.data.folder} (val, {point.val_images} images, by train)", "source": "stored in the run"}
+    recomputed = None
+    if sensitivity is not None:
+        found = _validation_threshold(predictor, config, sensitivity, workers)
+        recomputed = None if found is None else found | {"source": "recomputed on validation by evaluate for --sensitivity, beside the stored one"}
+    return stored, recomputed
+
+
+def operating_point_metrics(predictions: pd.DataFrame, class_names: list[str], point, ensemble: bool = False) -> dict:
+    """Each class against the rest at the run's stored threshold (pure): ``{"stored": true, "rule", "thresholds",
+    "val_images", "per_class": {class: threshold and rates}}``, or ``{"stored": false, "reason"}``."""
+    if point is None:
+        reason = ("a fold ensemble has no operating point: each fold's thresholds fit its own probabilities, not their average" if ensemble
+                  else "the run stores no operating point (trained before cxrclf stored one)")
+        return {"stored": False, "reason": reason}
+    labels, probabilities = _arrays(predictions, class_names)
+    per_class = {name: {"threshold": point.thresholds[name]} | metrics.positive_metrics(labels == index, probabilities[:, index],
+                                                                                        probabilities[:, index] >= point.thresholds[name])
+                 for index, name in enumerate(class_names)}
+    return {"stored": True, "rule": point.rule, "thresholds": dict(point.thresholds), "val_images": point.val_images, "per_class": per_class}
+
+
+def shift_metrics(predictions: pd.DataFrame, features: np.ndarray, reference, ensemble: bool = False, skip: str | None = None) -> dict:
+    """The batch shift test (:mod:`cxrclf.guard.shift`) of the evaluated images against the run's reference:
+    all of them, and each source alone (sources of fewer than ``MIN_IMAGES`` images are not tested)."""
+    from cxrclf.guard.shift import MIN_IMAGES, check_batch
+
+    if reference is None:
+        return {"reference": None, "reason": "the run stores no shift reference (trained before cxrclf stored one)"}
+    summary = {"reference": {"images": len(reference), "sources": reference.counts, "split": reference.split},
+               "tested_with": "fold 0's network and reference (the other folds' features are other networks')" if ensemble else "the run's network",
+               "min_images": MIN_IMAGES, "reason": skip, "all": None, "per_source": {}}
+    if skip:
+        return summary
+    sources = predictions["source"].astype(str).to_numpy()
+    summary["all"] = check_batch(features, reference)
+    summary["per_source"] = {source: check_batch(features[sources == source], reference) for source in sorted(set(sources))}
+    return summary
+
+
 def evaluate(options: EvaluateOptions) -> dict:
     """Evaluate one run; writes its evaluation folder and returns metrics.json's content."""
     from cxrclf.inference import load_predictor
@@ -209,9 +271,11 @@ def evaluate(options: EvaluateOptions) -> dict:
         raise CxrclfError("data folder not found (name the data to evaluate on)", data)
     own_data = data.resolve() == own.resolve()
     out = Path(options.out) if options.out else run / _default_name(data, own_data, options.split)
-    io.refuse_overlap(out, [data])
     if _inside(run, out.resolve()):
         raise CxrclfError("output would replace the run folder it evaluates; choose an output folder inside or beside it", out)
+    # an evaluation may live inside its run, beside the run's own files, never in place of one of them
+    own_entries = [entry for entry in run.iterdir() if io.output_kind(entry) != "evaluation"]
+    io.refuse_overlap(out, [data, options.lung_model, *own_entries, *(p for p in folder.reads() if p != run)])
     io.check_output_path(out, options.overwrite, kinds=("evaluation",))
     predictor = load_predictor(folder, options.device, options.allow_unfinished, options.tta)
     if own_data and not _same_data_as_training(own, config):
@@ -219,21 +283,31 @@ def evaluate(options: EvaluateOptions) -> dict:
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
     rows, root, needs = load_rows(data, options.split, predictor.params, config.data.fold if own_data else None)
     predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
-    # a fold ensemble has no validation split of its own: each fold's trained the others
-    threshold = None if folds else _validation_threshold(predictor, config, options.sensitivity, options.workers)
+    threshold, recomputed = _operating_thresholds(predictor, config, bool(folds), options.sensitivity, options.workers)
     result = {
-        "run": str(run), "model": config.model.name, "scenario": config.scenario + (f" ensemble of {len(folds)} folds" if folds else ""),
+        "run": str(run), "model": config.model.name, "requested_model": config.model.requested_name, "scenario": config.scenario + (f" ensemble of {len(folds)} folds" if folds else ""),
         "data": str(data.resolve()), "split": options.split.value, "external": not own_data, "tta": options.tta,
     } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
     result["skipped_images"] = predictions.attrs.get("skipped", [])
+    if recomputed is not None:
+        labels, probabilities = _arrays(predictions, predictor.class_names)
+        score = probabilities[:, predictor.class_names.index(FOCUS)]
+        positive = labels == predictor.class_names.index(FOCUS)
+        result[f"{FOCUS}_vs_rest"]["operating_point_recomputed"] = recomputed | metrics.positive_metrics(positive, score, score >= recomputed["threshold"])
+    result["operating_point"] = operating_point_metrics(predictions, predictor.class_names, predictor.operating_point, ensemble=bool(folds))
+    overlaps = own_data and options.split in (Split.val, Split.all)
+    result["shift"] = shift_metrics(predictions, features, predictor.shift_reference(), ensemble=bool(folds),
+                                    skip="the evaluated images include the reference itself (the run's own validation images)" if overlaps else None)
     if folds:
         result["folds"] = fold_spread(predictions, members, predictor.class_names)
     training = _training_rows(config, ensemble=bool(folds))
     result["shortcut"] = shortcut_metrics(predictions, features, predictor.class_names, training, options.bootstrap, options.seed)
-    settings = None if predictor.guard is None else config.guard if not folds else {
-        "kind": f"{config.guard['kind']}, averaged over {len(folds)} folds", "threshold": 1.0, "quantile": config.guard["quantile"],
+    settings = None if predictor.guard is None else config.guard.to_dict() if not folds else {
+        "kind": f"{config.guard.kind}, averaged over {len(folds)} folds", "threshold": 1.0, "quantile": config.guard.quantile,
         "score": "the mean over folds of each fold's score divided by its own threshold"}
     result["guard"] = guard_metrics(predictions, predictor.class_names, settings, threshold)
+    result["per_view"] = view_metrics(predictions, predictor.class_names)
+    result["trained_views"] = list(predictor.trained_views)
     if options.lung_model is not None:
         from cxrclf.segment.attention import lung_attention
 
@@ -301,6 +375,36 @@ def guard_metrics(predictions: pd.DataFrame, class_names: list[str], guard: dict
     return summary
 
 
+def view_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict | None:
+    """Per view the manifest names (PA, AP, AP SUPINE, ...): images, accuracy, recall and share predicted per class, and
+    how many the guard flagged (pure). None when the data records no views.
+
+    A model trained on PA films may read the portable machine, not the lungs, in an AP film:
+    this table shows whether its answers, and the guard's flags, change with the view.
+    """
+    if "view" not in predictions.columns:
+        return None
+    views = predictions["view"].fillna("").astype(str).str.strip().str.upper().replace("", "(not recorded)")
+    if (views == "(not recorded)").all():
+        return None
+    labels, probabilities = _arrays(predictions, class_names)
+    predicted = probabilities.argmax(axis=1)
+    out = {}
+    for view in sorted(set(views)):
+        rows = (views == view).to_numpy()
+        sub = metrics.classification_metrics(labels[rows], probabilities[rows])
+        out[view] = {
+            "n": int(rows.sum()), "accuracy": sub["accuracy"],
+            "classes": {class_names[c]: int(m["support"]) for c, m in enumerate(sub["per_class"]) if m["support"]},
+            "recall": {class_names[c]: m["recall"] for c, m in enumerate(sub["per_class"]) if m["support"]},
+            "predicted_share": {name: float((predicted[rows] == c).mean()) for c, name in enumerate(class_names)},
+            "flagged": int(predictions["flagged"].to_numpy(dtype=bool)[rows].sum()),
+            "flag_rate": float(predictions["flagged"].to_numpy(dtype=bool)[rows].mean()),
+            "by_input_checks": int((predictions["input_warnings"].fillna("").to_numpy()[rows] != "").sum()),
+        }
+    return out
+
+
 def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -315,10 +419,12 @@ def _default_name(data: Path, own_data: bool, split: Split) -> str:
 
 
 def _write(out: Path, overwrite: bool, predictions: pd.DataFrame, class_names: list[str], result: dict, run: RunFolder) -> None:
-    from cxrclf.evaluate import plots, report
+    from cxrclf.evaluate import html, plots, report
 
     with io.staged_folder(out, overwrite, kind="evaluation") as stage:
         io.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
         io.write_json(stage / "metrics.json", result)
         figures = plots.write_all(stage, predictions, class_names, result, run.file(RunFolder.METRICS))
-        io.write_text(stage / "report.md", report.markdown(result, figures))
+        text = report.markdown(result, figures)
+        io.write_text(stage / "report.md", text)
+        io.write_text(stage / "report.html", html.render(text, stage))  # the same report, one self-contained page

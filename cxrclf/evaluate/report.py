@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from cxrclf.labels import COVID19
+from cxrclf.models.names import model_label
 
 HEADLINE = (("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall (sensitivity)"), ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC"))
 
@@ -23,7 +24,7 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     focus = result[f"{COVID19}_vs_rest"]
     ci = result.get("intervals", {})
     lines = [
-        f"# Evaluation of {result['model']} ({result['scenario']})",
+        f"# Evaluation of {model_label(result['model'], result.get('requested_model'))} ({result['scenario']})",
         "",
         f"- run: `{result['run']}`",
         f"- data: `{result['data']}`, split `{result['split']}`" + (" (external data)" if result["external"] else ""),
@@ -36,7 +37,7 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if skipped:
         lines += ["", f"{len(skipped)} image(s) could not be used and are left out of every figure below; first: "
                   f"{skipped[0]['image_id']} ({skipped[0]['reason']}). All of them are listed in metrics.json."]
-    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result) + _lung_lines(result)
+    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result) + _shift_lines(result) + _lung_lines(result)
     lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:
         macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
@@ -54,11 +55,16 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
     if "operating_point" in focus:
         op = focus["operating_point"]
         lines += ["", "## Operating point (chosen on validation, never on these data)", "",
-                  f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}): validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}.",
-                  "", "| at this threshold | value |", "|---|---|"]
-        lines += [f"| {label} | {_number(op[key])} |" for key, label in HEADLINE]
+                  f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}; {op.get('source', 'recomputed on validation')}): "
+                  f"validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}."]
+        again = focus.get("operating_point_recomputed")
+        header = "| at this threshold | value |" if again is None else f"| at this threshold | stored ({op['threshold']:.4f}) | recomputed ({again['threshold']:.4f}, {again['rule']}) |"
+        lines += ["", header, "|---|---|" if again is None else "|---|---|---|"]
+        lines += [f"| {label} | {_number(op[key])} |" + ("" if again is None else f" {_number(again[key])} |") for key, label in HEADLINE]
     else:
-        lines += ["", "No operating point: the run's validation data could not be found."]
+        lines += ["", "No operating point: " + ("the folds' thresholds fit their own probabilities, not their average." if result.get("folds")
+                                                else "the run stores none and its validation data could not be found.")]
+    lines += _stored_point_lines(result)
     lines += ["", "## Per class (one vs rest)", "", "| class | support | precision | recall | specificity | F1 | AUC |", "|---|---|---|---|---|---|---|"]
     for name, m in zip(result["classes"], result["overall"]["per_class"]):
         lines.append(f"| {name} | {m['support']} | {_number(m['precision'])} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['f1'])} | {_number(m['auc'])} |")
@@ -69,6 +75,7 @@ def markdown(result: dict, figures: dict[str, str]) -> str:
               "| source | images | accuracy | classes present | recall per class |", "|---|---|---|---|---|"]
     for source, s in result["per_source"].items():
         lines.append(f"| {source} | {s['n']} | {_number(s['accuracy'])} | {', '.join(f'{k} {v}' for k, v in s['classes'].items())} | {', '.join(f'{k} {_number(v)}' for k, v in s['recall'].items())} |")
+    lines += _view_lines(result)
     cal = result["calibration"]
     lines += ["", "## Calibration", "", f"Expected calibration error {_number(cal['ece'])} (10 bins, top-label); Brier score {_number(cal['brier'])}.", ""]
     lines += ["## Figures", ""] + [f"![{title}]({file})" for title, file in figures.items()] + [""]
@@ -141,6 +148,22 @@ def _lung_lines(result: dict) -> list[str]:
     return markdown_lines(result.get("lung_attention"))
 
 
+def _view_lines(result: dict) -> list[str]:
+    """Per view (PA, AP, ...): the answers and the guard's flags, where the data records views."""
+    views = result.get("per_view")
+    if not views:
+        return []
+    trained = result.get("trained_views")
+    lines = ["", "## Per view", "", (f"This run was trained on {', '.join(trained)} films. " if trained else "")
+             + "A model that learned from PA films may read the portable machine, not the lungs, in an AP film: "
+             "compare how often each view is called COVID-19, and how often the guard flags it.", "",
+             "| view | images | accuracy | called COVID-19 | recall per class | flagged | flag rate |", "|---|---|---|---|---|---|---|"]
+    for view, v in views.items():
+        recall = ", ".join(f"{k} {_number(x)}" for k, x in v["recall"].items())
+        lines.append(f"| {view} | {v['n']} | {_number(v['accuracy'])} | {_number(v['predicted_share'].get(COVID19))} | {recall} | {v['flagged']} | {_number(v['flag_rate'])} |")
+    return lines
+
+
 def _guard_lines(result: dict) -> list[str]:
     guard = result.get("guard")
     if not guard:
@@ -176,4 +199,42 @@ def _fold_lines(result: dict) -> list[str]:
                 "ece": result["calibration"]["ece"]}
     for key, label in (("macro_auc", "macro AUC"), ("covid19_auc", "COVID-19 vs rest AUC"), ("accuracy", "accuracy"), ("ece", "ECE (lower is better)")):
         lines.append(f"| {label} | {_number(ensemble[key])} | {_number(folds['mean'][key])} | {_number(folds['std'][key])} |")
+    return lines
+
+
+def _stored_point_lines(result: dict) -> list[str]:
+    """Every class against the rest at the thresholds the run stores (what predict's ``positive`` uses)."""
+    point = result.get("operating_point")
+    if not point:
+        return []
+    if not point["stored"]:
+        return ["", f"Per-class thresholds: none ({point['reason']})."]
+    lines = ["", f"## Per-class thresholds stored in the run ({point['rule']}, chosen on {point['val_images']} validation images)", "",
+             "A class is called *positive* when its probability reaches its threshold (predict's `positive`); none, one or several may be.", "",
+             "| class | threshold | sensitivity | specificity | precision | positive calls |", "|---|---|---|---|---|---|"]
+    for name, m in point["per_class"].items():
+        lines.append(f"| {name} | {m['threshold']:.4f} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['precision'])} | {m['tp'] + m['fp']} |")
+    return lines
+
+
+def _shift_lines(result: dict) -> list[str]:
+    """The batch shift test: are these images, all and per source, drawn from the run's validation data?"""
+    shift = result.get("shift")
+    if not shift:
+        return []
+    lines = ["", "## Batch shift test", ""]
+    if shift["reference"] is None or shift["reason"]:
+        return lines + [f"Not run: {shift['reason']}."]
+    held = ", ".join(f"{name} {count}" for name, count in shift["reference"]["sources"].items())
+    lines += [f"A domain classifier on the pooled features ({shift['tested_with']}) tries to tell these images from the "
+              f"{shift['reference']['images']} validation images the run keeps as its reference ({held}); its leave-one-out AUC is the effect "
+              "(about 0.5: indistinguishable), and a permutation test gives the p-value. Shifted: p < 0.01. A source of its own that the "
+              "reference does not hold, or holds in another mix, differs for real: the model's validation metrics may not hold for it. "
+              f"Sources with fewer than {shift['min_images']} images are not tested.", "",
+              "| images | count | domain classifier AUC | p-value | shifted |", "|---|---|---|---|---|"]
+    for name, found in [("all", shift["all"]), *shift["per_source"].items()]:
+        if found["tested"]:
+            lines.append(f"| {name} | {found['images']} | {_number(found['effect'])} | {found['p_value']:.4f} | {'**yes**' if found['shifted'] else 'no'} |")
+        else:
+            lines.append(f"| {name} | {found['images']} | n/a | n/a | not tested ({found['reason']}) |")
     return lines

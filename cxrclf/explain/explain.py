@@ -31,8 +31,10 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
     ``progress(done, total)`` follows LIME's perturbed images as the model scores them (Grad-CAM is one pass).
 
     ``in_lung_share``: the share of the positive attribution inside the lung fields of the
-    model's input, found by ``lung_model`` (a segmentation run), else by the segmenter of the
-    run's own preprocessing; None when there is neither (:mod:`cxrclf.segment.attention`).
+    model's input, found by ``lung_model`` (a segmentation run or ``builtin``), else by the
+    segmenter of the run's own preprocessing, else by the built-in one; None when no
+    attribution is positive (:mod:`cxrclf.segment.attention`). ``warnings`` holds the input
+    checks' reasons, those from the lungs (:mod:`cxrclf.guard.lungs`) included.
     """
     from cxrclf.explain import cam, lime, overlay
 
@@ -43,11 +45,13 @@ def explain_image(predictor, image_path: Path, method: ExplainMethod | str = Exp
         raise CxrclfError("LIME needs at least 10 samples")
     image_path = Path(image_path)
     out = Path(out) if out else default_out(image_path, method)
-    io.check_output_file(out, [image_path, predictor.run / "config.json", predictor.run / "model.safetensors"], suffix=".png", overwrite=overwrite)
+    io.check_output_file(out, [image_path, *predictor.folder.reads(), lung_model], suffix=".png", overwrite=overwrite)
     from cxrclf.guard.checks import input_warnings
 
+    from cxrclf.guard.lungs import lung_warnings
+
     decoded = decode(image_path)
-    warnings = input_warnings(decoded.pixels, decoded.info)
+    warnings = input_warnings(decoded.pixels, decoded.info, trained_views=predictor.trained_views) + lung_warnings(decoded.pixels)
     try:
         plane = predictor.plane_from_decoded(decoded.pixels)
     except CxrclfError as exc:  # e.g. a run that crops to the lungs, and no lungs in this image

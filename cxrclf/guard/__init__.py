@@ -8,7 +8,12 @@ guard adds two layers of doubt, cheapest first.
    show some cases for certain -- another modality (CT, MR, ultrasound), a lateral or
    oblique view, another body part, several frames, a colour photograph, a blank or binary
    image, an extreme aspect ratio. :func:`input_warnings` returns readable reasons; it
-   needs no model.
+   needs no model. Given a run's training views, it also flags a film of another view: an AP
+   DICOM for a PA run, or a PNG that a small learned PA-or-AP check on its pixels
+   (:mod:`cxrclf.guard.view`, shipped in ``cxrclf/builtin/view/``) finds AP. From the lungs
+   (:mod:`cxrclf.guard.lungs`, the built-in lung segmenter): no pair of lung fields (a
+   lateral, a CT or MR slice, a photograph, a crop), one lung field not found, a film turned
+   by 90, 180 or 270 degrees, inverted grey levels.
 2. A learned score after the model (:mod:`cxrclf.guard.detector`): fitted on the training
    images' pooled backbone features at the end of training, a class-conditional Gaussian
    (:class:`GaussianDetector`) scores how far an image's features lie from every class;
@@ -16,6 +21,10 @@ guard adds two layers of doubt, cheapest first.
    is a quantile of the validation images' scores (0.95: about 5 % false alarms on images
    like the training ones). :mod:`cxrclf.guard.features` gives the logits and features
    of a batch from one forward pass.
+3. A test of the whole batch (:mod:`cxrclf.guard.shift`): images of an unseen hospital pass
+   the per-image score one by one, yet as a batch a domain classifier tells them from the
+   run's validation images (:func:`shift_test` against the :class:`Reference` that training
+   stores); ``predict`` runs it on batches of 20 images or more.
 
 The rules never change a prediction and the score only flags it: both are warnings for
 the user, not a second classifier.
@@ -32,16 +41,19 @@ from cxrclf.guard.detector import (
     load_detector,
     threshold_from,
 )
+from cxrclf.guard.shift import Reference, shift_test
 
 __all__ = [
     "DEFAULT_QUANTILE",
     "Detector",
     "EnergyDetector",
     "GaussianDetector",
+    "Reference",
     "input_warnings",
     "load_detector",
     "logits_and_features",
     "pooled_features",
+    "shift_test",
     "threshold_from",
 ]
 

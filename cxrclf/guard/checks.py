@@ -18,7 +18,11 @@ Header rules (DICOM only; PNG and JPEG carry empty fields, which pass):
   writes it), oblique (``LAO``, ``RAO``, ``LPO``, ``RPO``, ``LLO``, ``RLO``) and decubitus
   (``LLD``, ``RLD``: a frontal projection with the patient lying on one side, the image turned
   by 90 degrees) views are flagged. ``AP`` is a frontal view and passes unless the caller
-  names the views the model was trained on (``trained_views``).
+  names the views the model was trained on (``trained_views``, a run's
+  :attr:`~cxrclf.runs.DataSpec.trained_views`): then a view outside them is flagged by name,
+  "AP view (DICOM ViewPosition AP); this run saw PA films only". Views compare by family
+  (:func:`view_family`): ``AP SUPINE`` and ``AP ERECT`` are AP films, so a run trained with
+  AP films passes them.
 - Body part. Empty or naming the chest (``CHEST``, ``THORAX``, ``TORAX``, ``LUNG``) passes.
 - Frames. More than one frame is a DICOM series or cine loop, an animated PNG or a camera's
   multi-picture JPEG; the reader keeps only the first.
@@ -30,11 +34,17 @@ those 483 images the rules raise one warning (the 2.2:1 crop noted at the aspect
 they flag all 134 Montgomery lung masks, and every decodable one of pydicom's test images
 (CT, MR, NM, US, SEG, RTDOSE, colour bars) except one grey secondary capture.
 
+With ``trained_views`` given and no view in the header (PNG, JPEG, a DICOM without
+``ViewPosition``), an image every other rule passed also goes through the learned PA-or-AP
+check of :mod:`cxrclf.guard.view` ("looks like an AP film (0.93); this run saw PA films only").
+
 No rule for an inverted grey scale (a negative image): the one tried, mediastinum brighter
 than the lung fields at fixed positions, raised no false warning on the 483 full images
 and caught 82 % of the 230 PA films negated, but cropping 30 % off one side moved the
-anatomy enough for it to flag 175 of the 483 upright images. The learned score catches
-negatives instead (69-88 % of negated PA films with pretrained EfficientNet-Lite0 features).
+anatomy enough for it to flag 175 of the 483 upright images. Negatives, turned films,
+laterals and CT slices saved as PNG are found from where the lungs are instead: the lung
+segmenter's checks in :mod:`cxrclf.guard.lungs`, which ``predict``, ``evaluate`` and
+``explain`` run beside these rules.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ MODALITY_NAMES = {
     "RTDOSE": "radiotherapy dose",
     "RTSTRUCT": "radiotherapy structures",
 }
+FRONTAL_VIEWS = ("PA", "AP")  # posteroanterior (upright, the default training view), anteroposterior (portable, often supine)
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT", "L"})
 OBLIQUE_VIEWS = frozenset({"LAO", "RAO", "LPO", "RPO", "LLO", "RLO", "OBLIQUE"})
 DECUBITUS_VIEWS = frozenset({"LLD", "RLD"})
@@ -110,7 +121,9 @@ def input_warnings(pixels: np.ndarray, info: ImageInfo | None = None, *,
 
     ``pixels`` is the decoded 2-D ``uint8``/``uint16`` grey image (``read_image``), ``info`` its
     header summary (None: pixel rules only). ``trained_views`` (e.g. ``("PA",)``), when given,
-    also flags a recorded view outside it, such as AP.
+    also flags a view outside it, such as AP: the header's, or where the header names none,
+    the one the pixels look like (only for an image no other rule objected to: the view
+    check presumes a frontal chest film).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16) or pixels.size == 0:
@@ -119,7 +132,13 @@ def input_warnings(pixels: np.ndarray, info: ImageInfo | None = None, *,
             f"got shape {pixels.shape} and dtype {pixels.dtype}"
         )
     warnings = header_warnings(info, trained_views=trained_views) if info is not None else []
-    return warnings + pixel_warnings(pixels, colourfulness=getattr(info, "colourfulness", None))
+    warnings += pixel_warnings(pixels, colourfulness=getattr(info, "colourfulness", None))
+    if trained_views is not None and not warnings and not _field(info, "view_position"):
+        from cxrclf.guard.view import pixel_view_warning  # the pixels' view, where the header names none
+
+        looks = pixel_view_warning(pixels, trained_views)
+        warnings += [looks] if looks else []
+    return warnings
 
 
 def header_warnings(info: ImageInfo, *, trained_views: Collection[str] | None = None) -> list[str]:
@@ -138,9 +157,9 @@ def header_warnings(info: ImageInfo, *, trained_views: Collection[str] | None = 
     elif view in DECUBITUS_VIEWS:
         warnings.append(f"decubitus view (ViewPosition {view}): the patient lies on one side")
     elif view and trained_views is not None:
-        trained = [str(v).strip().upper() for v in trained_views]
-        if view not in trained:
-            warnings.append(f"view {view}, but the model was trained on {', '.join(trained)} views only")
+        families = view_families(trained_views)
+        if view_family(view) not in families:
+            warnings.append(f"{view_family(view)} view (DICOM ViewPosition {view}); this run saw {' and '.join(families)} films only")
 
     body_part = _field(info, "body_part")
     if body_part and not any(part in body_part for part in CHEST_BODY_PARTS):
@@ -154,6 +173,19 @@ def header_warnings(info: ImageInfo, *, trained_views: Collection[str] | None = 
             kind = _field(info, "format") or "image"
             warnings.append(f"{frames} frames in one {kind} file (animated or multi-picture): only the first was read")
     return warnings
+
+
+def view_family(view: str) -> str:
+    """A view code's family: ``AP``, ``AP SUPINE``, ``ap erect`` -> ``AP``; ``PA`` -> ``PA``; any other code upper-cased."""
+    words = str(view or "").strip().upper().split()
+    if words and words[0] in FRONTAL_VIEWS:
+        return words[0]
+    return " ".join(words)
+
+
+def view_families(views: Collection[str]) -> tuple[str, ...]:
+    """The distinct, sorted families of ``views`` (empty codes left out)."""
+    return tuple(sorted({view_family(v) for v in views} - {""}))
 
 
 def pixel_warnings(pixels: np.ndarray, *, colourfulness: float | None = None) -> list[str]:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-BASELINE_NAME = "resnet-baseline"
+from cxrclf.models.names import BASELINE_NAME
+
 BASELINE_WIDTHS = (16, 32, 64, 128, 256)
 BASELINE_INPUT_SIZE = 224
 # Trained from scratch on grey images, so there are no ImageNet statistics to match.

@@ -1,11 +1,18 @@
 """One factory for every model: the paper's baseline, its four transfer-learning CNNs, any timm name.
 
-``create_model(name, num_classes)`` builds a headless backbone (timm ``num_classes=0``, or the
-baseline ResNet), loads pretrained weights offline-first (:mod:`cxrclf.models.weights`), adds
-the paper's head, and freezes the backbone except its last ``trainable_blocks`` blocks.
+``create_model(name, num_classes)`` resolves the name (the paper's spellings, such as
+``NASNetLarge``, through :mod:`cxrclf.models.names`), builds a headless backbone (timm
+``num_classes=0``, or the baseline ResNet), loads pretrained weights offline-first
+(:mod:`cxrclf.models.weights`), adds the paper's head, and freezes the backbone except its
+last ``trainable_blocks`` blocks.
 
 The head is the paper's: pooled features -> Linear(num_features, 128) -> ReLU -> Dropout ->
-Linear(128, num_classes).
+Linear(128, num_classes). The pooled features are timm's pre-logits,
+``forward_head(forward_features(x), pre_logits=True)``: global pooling and whatever an
+architecture does after it (MobileNetV3's ``conv_head``, ConvNeXt's head norm, a ViT's token
+pooling). Their width is measured, not read from ``num_features``, which is the width
+*before* the head: MobileNetV3-Small 0.5 pools 288 channels and its ``conv_head`` widens them
+to 1024.
 
 Blocks come from timm's own parameter grouping, ``group_matcher(coarse=False)`` -- the
 grouping timm uses for layer-wise learning-rate decay -- so "the last 4 blocks" means the
@@ -39,18 +46,20 @@ from cxrclf.models.baseline import (
     BASELINE_INPUT_SIZE,
     BASELINE_MEAN,
     BASELINE_MIN_INPUT_SIZE,
-    BASELINE_NAME,
     BASELINE_STD,
     BaselineResNet,
 )
+from cxrclf.models.names import BASELINE_NAME, MODEL_ALIASES, PAPER_MODELS, alias_target
 
-__all__ = ["Classifier", "HEAD_HIDDEN_UNITS", "InputConfig", "ModelBundle", "PAPER_MODELS", "PAPER_TRAINABLE_BLOCKS", "SCRATCH_SOURCE", "SUPPORTED_IN_CHANS", "backbone_blocks", "check_model_name", "create_model", "freeze_backbone", "input_config", "parse_trainable_blocks"]
+__all__ = ["Classifier", "HEAD_HIDDEN_UNITS", "InputConfig", "ModelBundle", "PAPER_MODELS", "PAPER_TRAINABLE_BLOCKS", "SCRATCH_SOURCE", "SUPPORTED_IN_CHANS", "WIDTH_PROBE_SIDE", "backbone_blocks", "check_model_name", "create_model", "freeze_backbone", "input_config", "parse_trainable_blocks", "pooled_width"]
 
-PAPER_MODELS = (BASELINE_NAME, "inception_v3", "inception_resnet_v2", "densenet169", "nasnetalarge")
 PAPER_TRAINABLE_BLOCKS = 4
 HEAD_HIDDEN_UNITS = 128
 SCRATCH_SOURCE = "none (trained from scratch)"
 SUPPORTED_IN_CHANS = (1, 3)
+# pooled_width's forward pass: small, yet wide enough for every Inception (75 px at least);
+# its cost is in docs/performance.md
+WIDTH_PROBE_SIDE = 96
 
 
 @dataclass
@@ -58,7 +67,7 @@ class ModelBundle:
     """A built model and everything needed to feed it and to record how it was made."""
 
     model: Classifier
-    name: str
+    name: str  # the canonical name (timm's, or resnet-baseline), whatever spelling was asked for
     input_size: int  # side of the square input, pixels
     mean: tuple[float, ...]  # per input channel, for images scaled to [0, 1]
     std: tuple[float, ...]
@@ -77,15 +86,20 @@ class InputConfig(NamedTuple):
 
 
 class Classifier(nn.Module):
-    """A headless backbone followed by the paper's two-layer head."""
+    """A headless backbone followed by the paper's two-layer head.
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, dropout: float = 0.5,
+    ``num_features`` is the width of the backbone's pooled features (:meth:`pooled_features`),
+    as :func:`pooled_width` measures it.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, num_features: int, dropout: float = 0.5,
                  hidden_units: int = HEAD_HIDDEN_UNITS):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
+        self.num_features = num_features
         self.head = nn.Sequential(OrderedDict(
-            hidden=nn.Linear(backbone.num_features, hidden_units),
+            hidden=nn.Linear(num_features, hidden_units),
             act=nn.ReLU(inplace=True),
             dropout=nn.Dropout(dropout),
             out=nn.Linear(hidden_units, num_classes),
@@ -95,12 +109,16 @@ class Classifier(nn.Module):
         """The backbone's last feature map (what class-activation maps read)."""
         return self.backbone.forward_features(x)
 
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, num_features): the backbone's pre-logits, what the paper's head reads."""
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from a feature map: the backbone's global pooling, then the paper's head."""
-        return self.head(self.backbone.forward_head(features))
+        """Logits from a feature map: the backbone's pooling (and head layers), then the paper's head."""
+        return self.head(self.backbone.forward_head(features, pre_logits=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.pooled_features(x))
 
     def train(self, mode: bool = True) -> Classifier:
         """Switch modes, keeping BatchNorm layers whose parameters are all frozen in eval mode."""
@@ -127,8 +145,9 @@ def create_model(
 ) -> ModelBundle:
     """Build ``name`` with the paper's head for ``num_classes`` classes.
 
-    ``name`` is ``resnet-baseline`` or any timm model name (``timm.list_models()``), optionally
-    with a pretrained tag (``resnet50.a1_in1k``). ``weights`` is a checkpoint file to use instead
+    ``name`` is ``resnet-baseline``, a paper spelling of one of the paper's models
+    (:data:`~cxrclf.models.names.MODEL_ALIASES`), or any timm model name (``timm.list_models()``),
+    optionally with a pretrained tag (``resnet50.a1_in1k``). ``weights`` is a checkpoint file to use instead
     of searching for the pretrained weights; ``trainable_blocks`` is how many of the backbone's
     last blocks to fine-tune (``"all"``, or 0 for the head only). ``in_chans=1`` feeds grey
     images directly: pretrained RGB first-convolution weights are summed over channels, as
@@ -159,7 +178,7 @@ def create_model(
     else:
         source = SCRATCH_SOURCE
 
-    model = Classifier(backbone, num_classes, dropout=float(dropout))
+    model = Classifier(backbone, num_classes, num_features=pooled_width(backbone, name, in_chans, config.input_size), dropout=float(dropout))
     trainable, total_blocks = freeze_backbone(model, None if source == SCRATCH_SOURCE else requested_blocks)
     model.train()
     return ModelBundle(
@@ -178,20 +197,63 @@ def create_model(
 
 
 def check_model_name(name: str) -> str:
-    """``name`` stripped, or a CxrclfError that lists the paper's models and close timm names."""
+    """The canonical name ``name`` stands for, or a CxrclfError that lists the paper's models and close timm names.
+
+    A timm name (or ``resnet-baseline``) is returned as it is; otherwise a paper spelling of one
+    of the paper's models resolves through :data:`~cxrclf.models.names.MODEL_ALIASES`
+    (``NASNetLarge`` -> ``nasnetalarge``). No other name is matched loosely.
+    """
     import timm
 
     name = str(name).strip()
     if name == BASELINE_NAME or timm.is_model(name):
         return name
+    canonical = alias_target(name)
+    if canonical is not None:
+        return canonical
     suggestions = difflib.get_close_matches(
         name.lower(), list(dict.fromkeys([*PAPER_MODELS, *timm.list_models()])), n=3, cutoff=0.6
     )
     hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
+    spellings = ", ".join(s for spellings in MODEL_ALIASES.values() for s in spellings)
     raise CxrclfError(
-        f"unknown model {name!r}; {hint}the paper's models are {', '.join(PAPER_MODELS)}, "
+        f"unknown model {name!r}; {hint}the paper's models are {', '.join(PAPER_MODELS)} (also spelled {spellings}), "
         "and any timm model name works (python -c 'import timm; print(timm.list_models())')"
     )
+
+
+def pooled_width(backbone: nn.Module, name: str, in_chans: int, input_size: int) -> int:
+    """Width of ``backbone``'s pooled features, measured by one forward pass of a blank image.
+
+    timm's ``head_hidden_size`` declares this width on most models; a measurement holds for
+    every architecture and for the baseline. The pass runs in eval mode without gradients (the
+    backbone's mode is restored), at :data:`WIDTH_PROBE_SIDE` px where the architecture takes
+    any size, since global pooling makes the width independent of the input, else (a fixed
+    size such as a ViT's, or a network that needs more pixels) at ``input_size``, the size it
+    is built for. An input the architecture cannot take is a user error here, not a shape
+    error in the first training step.
+    """
+    fixed = bool((getattr(backbone, "pretrained_cfg", None) or {}).get("fixed_input_size"))
+    sides = [input_size] if fixed or input_size <= WIDTH_PROBE_SIDE else [WIDTH_PROBE_SIDE, input_size]
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for side in sides:
+            try:
+                with torch.inference_mode():
+                    features = backbone.forward_head(backbone.forward_features(torch.zeros(1, in_chans, side, side)), pre_logits=True)
+                break
+            except (RuntimeError, AssertionError) as exc:  # timm checks input sizes with assertions
+                if side == input_size:
+                    first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+                    raise CxrclfError(f"{name} cannot take a {input_size} px input ({first}); choose another image size "
+                                      "(a larger one, or the model's own)") from exc
+    finally:
+        backbone.train(was_training)
+    if features.ndim != 2:
+        raise CxrclfError(f"{name} pools its features to shape {tuple(features.shape)}, not one vector per image; "
+                          "the classification head needs a model with global pooling")
+    return int(features.shape[1])
 
 
 def input_config(name: str, *, image_size: int | None = None, in_chans: int = 3) -> InputConfig:

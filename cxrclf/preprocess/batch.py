@@ -8,9 +8,10 @@ with ``figures``, ``figures/<image_id>.png`` panels of every stage with its hist
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pandas as pd
 
@@ -34,28 +35,75 @@ def _versions() -> dict[str, str]:
     return {"cxrclf": __version__, "numpy": numpy.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _process_one(task: tuple[str, str, dict]) -> str | None:
-    """Worker: read, preprocess, write atomically. Returns ``None`` or the reason it failed."""
+class ImageOutcome(NamedTuple):
+    """What a worker did with one image: ``reused`` an intact output, ``made`` it, ``repaired`` a damaged one, or ``failed`` (reason)."""
+    status: str
+    sha256: str = ""
+    reason: str = ""
+
+
+def _intact(target: Path, size: int, channels: int, recorded_sha256: str | None) -> str | None:
+    """The sha256 of an earlier output that decodes to the expected shape (and hash, where one was recorded); None when damaged."""
+    try:
+        data = target.read_bytes()
+    except OSError:
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if recorded_sha256 and digest != recorded_sha256:
+        return None
+    import cv2
+    import numpy as np
+
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    expected = (size, size) if channels == 1 else (size, size, 3)
+    return digest if pixels is not None and pixels.shape == expected else None
+
+
+def _refuse_unless_a_chest(image) -> None:
+    """:class:`~cxrclf.preprocess.lung.NoLungsFound` with the lung checks' reasons (the built-in segmenter's) when they object."""
+    from cxrclf.guard.lungs import lung_warnings
+    from cxrclf.preprocess.lung import NoLungsFound
+
+    reasons = lung_warnings(image)
+    if reasons:
+        raise NoLungsFound("; ".join(reasons))
+
+
+def _process_one(task: tuple[str, str, dict, str | None]) -> ImageOutcome:
+    """Worker: keep an intact earlier output, else read, preprocess and write atomically."""
     from cxrclf.preprocess.pipeline import preprocess_image
 
-    source, target, values = task
+    source, target, values, recorded_sha256 = task
+    existed = Path(target).exists()
+    if existed:
+        digest = _intact(Path(target), values["size"], values["channels"], recorded_sha256)
+        if digest is not None:
+            return ImageOutcome("reused", digest)
     try:
         image = imageio.read_image(source)
-    except CxrclfError as exc:
-        return exc.reason
-    try:
-        result = preprocess_image(image, PreprocessParams(**values))
+        params = PreprocessParams(**values)
+        if params.uses_lungs:  # a lateral, a photograph or a turned film never reaches a lung-cropped training folder
+            _refuse_unless_a_chest(image)
+        result = preprocess_image(image, params)
     except CxrclfError as exc:  # e.g. no lung fields found: the image is listed as skipped, with the reason
-        return exc.reason
+        Path(target).unlink(missing_ok=True)
+        return ImageOutcome("failed", reason=exc.reason)
     except Exception as exc:  # a pathological image must not stop the batch
-        return f"preprocessing failed ({exc.__class__.__name__}: {exc})"
-    io.write_bytes(Path(target), imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
-    return None
+        Path(target).unlink(missing_ok=True)
+        return ImageOutcome("failed", reason=f"preprocessing failed ({exc.__class__.__name__}: {exc})")
+    data = imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result)
+    io.write_bytes(Path(target), data)
+    return ImageOutcome("repaired" if existed else "made", hashlib.sha256(data).hexdigest())
 
 
 def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool, fused: Path) -> str:
     """``new``, ``resume`` (an unfinished or finished output with the same parameters) or ``replace``."""
-    inputs = [fused, Path(params.lung_model) if params.lung_model else None]
+    if params.lung_model:
+        from cxrclf.segment.run import segment_run_named
+
+        inputs = [fused, segment_run_named(params.lung_model).path]
+    else:
+        inputs = [fused]
     if io.check_output_path(out, overwrite, inputs, kinds=("preprocessed",), resumable=True):
         return "replace"
     if not out.is_dir() or not any(p.name != io.MARKER for p in out.iterdir()):
@@ -115,13 +163,16 @@ def preprocess_folder(
 def _process(frame: pd.DataFrame, fused: Path, root: Path, fused_sha: str, out: Path, params: PreprocessParams, workers: int, figures: int,
              resuming: bool, progress) -> dict:
     summary = {"params": params.to_dict(), "fused": str(fused.resolve()), "fused_manifest_sha256": fused_sha, "versions": _versions(), "complete": False}
+    recorded = _recorded_hashes(out) if resuming else {}
     if not resuming:
         io.write_json(out / PARAMS_NAME, summary)
     targets = [out / IMAGES / f"{image_id}.png" for image_id in frame["image_id"]]
-    todo = [i for i, target in enumerate(targets) if not target.exists()]
-    tasks = [(str(root / frame["path"].iloc[i]), str(targets[i]), params.to_dict()) for i in todo]
-    results = map_images(_process_one, tasks, workers, progress)
-    failed = {todo[k]: reason for k, reason in enumerate(results) if reason is not None}
+    # every earlier output is verified (decoded, its shape and recorded hash checked), never trusted for existing
+    tasks = [(str(root / path), str(target), params.to_dict(), recorded.get(image_id))
+             for path, target, image_id in zip(frame["path"], targets, frame["image_id"])]
+    outcomes = map_images(_process_one, tasks, workers, progress)
+    failed = {i: outcome.reason for i, outcome in enumerate(outcomes) if outcome.status == "failed"}
+    counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("made", "reused", "repaired")}
 
     skipped = [{"image_id": frame["image_id"].iloc[i], "fused_path": frame["path"].iloc[i], "reason": reason} for i, reason in sorted(failed.items())]
     done = frame.drop(index=list(failed)).copy()
@@ -135,14 +186,25 @@ def _process(frame: pd.DataFrame, fused: Path, root: Path, fused_sha: str, out: 
     summary.update(
         complete=True,
         images=int(len(done)),
-        processed_now=len(todo) - len(failed),
-        reused=len(targets) - len(todo),
+        processed_now=counts["made"] + counts["repaired"],
+        reused=counts["reused"],
+        repaired=counts["repaired"],
         skipped=len(skipped),
         skipped_rows=skipped,
         split_x_finding={s: {f: int(n) for f, n in sub["finding"].value_counts().sort_index().items()} for s, sub in done.groupby("split")},
     )
+    summary["image_sha256"] = {image_id: outcome.sha256 for image_id, outcome in zip(frame["image_id"], outcomes) if outcome.status != "failed"}
     io.write_json(out / PARAMS_NAME, summary)
     return summary
+
+
+def _recorded_hashes(out: Path) -> dict[str, str]:
+    """The sha256 of each image as an earlier run of this folder recorded it (empty for folders made before hashes were kept)."""
+    try:
+        hashes = io.read_json(out / PARAMS_NAME, PARAMS_NAME).get("image_sha256")
+    except CxrclfError:
+        return {}
+    return {str(k): v for k, v in hashes.items() if isinstance(v, str)} if isinstance(hashes, dict) else {}
 
 
 def preview(image_path: Path, out_file: Path, params: PreprocessParams) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from cxrclf.choices import Lung, parse
 from cxrclf.errors import CxrclfError
 
 __all__ = ["LUNG_FILL", "MIN_LUNG_AREA", "MAX_MEDIASTINUM_COVER", "MIN_LUNG_RATIO", "NoLungsFound", "apply_lungs", "crop_to_lungs", "grey_outside_lungs",
-           "lung_box", "lung_params", "lung_problem", "segmenter_for"]
+           "lung_box", "lung_params", "lung_problem", "mediastinum", "segmenter_for"]
 
 LUNG_FILL = 0.5          # the grey outside the lung fields, in [0, 1]
 MIN_LUNG_AREA = 0.05     # lung fields cover 20-35% of a PA radiograph; below 5% nothing usable was found
@@ -52,12 +52,8 @@ def lung_problem(mask: np.ndarray) -> str | None:
     if area < MIN_LUNG_AREA:
         return (f"no lung fields found (lung area {area:.1%} of the image, expected at least {MIN_LUNG_AREA:.0%}); "
                 "a lateral view, or not a chest radiograph?")
+    split, cover = mediastinum(mask)
     profile = mask.sum(axis=0).astype(np.float64)
-    columns = np.flatnonzero(profile)
-    left, right = int(columns[0]), int(columns[-1]) + 1
-    low, high = left + int(0.3 * (right - left)), left + int(np.ceil(0.7 * (right - left)))
-    split = low + int(np.argmin(profile[low:high]))
-    cover = profile[split] / profile.max()
     if cover > MAX_MEDIASTINUM_COVER:
         return (f"no mediastinum between two lung fields (its emptiest central column is {cover:.0%} lung): "
                 "a lateral view, or not a chest radiograph?")
@@ -67,6 +63,20 @@ def lung_problem(mask: np.ndarray) -> str | None:
         return (f"one lung field much smaller than the other ({ratio:.0%} of its area): one lung hidden by an opacity or cut off, "
                 "or a lateral view?")
     return None
+
+
+def mediastinum(mask: np.ndarray) -> tuple[int, float]:
+    """(column, cover): the emptiest column in the middle 40% of a non-empty mask's box, and how full it is of the fullest column.
+
+    Between two lung fields that column crosses the mediastinum (cover near 0; lungs that
+    touch above the heart leave it partly full); in one field it crosses lung.
+    """
+    profile = np.asarray(mask, bool).sum(axis=0).astype(np.float64)
+    columns = np.flatnonzero(profile)
+    left, right = int(columns[0]), int(columns[-1]) + 1
+    low, high = left + int(0.3 * (right - left)), left + int(np.ceil(0.7 * (right - left)))
+    split = low + int(np.argmin(profile[low:high]))
+    return split, float(profile[split] / profile.max())
 
 
 def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -124,16 +134,17 @@ def segmenter_for(params):
     key = (params.lung_model, params.lung_model_sha256)
     if key not in _LOADED:
         from cxrclf.segment.infer import Segmenter
+        from cxrclf.segment.run import segment_run_named
 
-        _LOADED[key] = Segmenter(Path(params.lung_model), expected_sha256=params.lung_model_sha256)
+        _LOADED[key] = Segmenter(segment_run_named(params.lung_model), expected_sha256=params.lung_model_sha256)
     return _LOADED[key]
 
 
 def lung_params(lung: Lung | str, model: Path | None) -> dict:
     """``lung``, ``lung_model`` and ``lung_model_sha256`` for :class:`PreprocessParams` (the segmenter's identity).
 
-    ``model`` is a finished lung segmentation run (default ``$CXRCLF_LUNG_MODEL``, else
-    ``runs/lung``); nothing is looked up for ``none``.
+    ``model`` is a finished lung segmentation run or ``builtin`` (default ``$CXRCLF_LUNG_MODEL``,
+    else the built-in segmenter, recorded as ``builtin``); nothing is looked up for ``none``.
     """
     lung = parse(Lung, lung, "lung")
     if lung is Lung.none:
@@ -144,4 +155,4 @@ def lung_params(lung: Lung | str, model: Path | None) -> dict:
 
     run = resolve_segment_run(model)
     run.require_finished(run.read_config())
-    return {"lung": lung.value, "lung_model": str(run.path), "lung_model_sha256": run.weights_sha256()}
+    return {"lung": lung.value, "lung_model": run.identity, "lung_model_sha256": run.weights_sha256()}

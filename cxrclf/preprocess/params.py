@@ -9,7 +9,8 @@ other field must be present. ``tv_weight`` is a number (a fixed lambda, as alway
 ``"auto"`` (chosen per image from its estimated noise level; the default since then).
 
 The lung step names its segmenter twice: ``lung_model`` is the segmentation run's folder
-and ``lung_model_sha256`` the hash of its ``model.safetensors``, so a run that crops to the
+(or ``builtin``, the segmenter shipped in the package) and ``lung_model_sha256`` the hash of
+its ``model.safetensors``, so a run that crops to the
 lungs can only ever be fed through the very segmenter it was trained with.
 """
 
@@ -45,7 +46,7 @@ class PreprocessParams:
     tv_sigma: float = TV_SIGMA      # Gaussian sigma of the edge detector
     tv_iterations: int = TV_ITERATIONS
     lung: str = "none"              # none (the paper), crop to the lungs' box, or mask: grey out the rest
-    lung_model: str = ""            # the lung segmentation run's folder (absolute), when lung is not none
+    lung_model: str = ""            # the lung segmentation run's folder (absolute) or "builtin", when lung is not none
     lung_model_sha256: str = ""     # sha256 of its model.safetensors: the segmenter's identity
     lung_margin: float = LUNG_MARGIN
 

@@ -41,18 +41,16 @@ def in_lung_share(attribution: np.ndarray, lung_mask: np.ndarray) -> float | Non
     return positive_fraction_inside(attribution, np.asarray(lung_mask, bool))
 
 
-def segmenter_for_run(params, lung_model: Path | None):
-    """The segmenter that measures: ``lung_model`` if given, else the one the run's preprocessing used, else None."""
-    if lung_model is not None:
-        from cxrclf.segment.infer import Segmenter
-        from cxrclf.segment.run import resolve_segment_run
-
-        return Segmenter(resolve_segment_run(Path(lung_model)))
-    if params.uses_lungs:
+def segmenter_for_run(params, lung_model: Path | str | None):
+    """The segmenter that measures: ``lung_model`` if given (``builtin`` too), else the one the run's preprocessing used, else the built-in."""
+    if lung_model is None and params.uses_lungs:
         from cxrclf.preprocess.lung import segmenter_for
 
         return segmenter_for(params)
-    return None
+    from cxrclf.segment.infer import Segmenter, builtin_segmenter
+    from cxrclf.segment.run import resolve_segment_run
+
+    return builtin_segmenter() if lung_model is None else Segmenter(resolve_segment_run(lung_model))
 
 
 def lung_attention(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, predictions: pd.DataFrame, lung_model: Path | None,
@@ -67,10 +65,6 @@ def lung_attention(predictor, rows: pd.DataFrame, root: Path, needs_preprocessin
     from cxrclf.parallel import map_images
 
     segmenter = segmenter_for_run(predictor.params, lung_model)
-    if segmenter is None:
-        from cxrclf.errors import CxrclfError
-
-        raise CxrclfError("measuring attention in the lungs needs a lung segmentation run (--lung-model RUN)")
     params = predictor.params.to_dict() if needs_preprocessing else None
     tasks = [(str(Path(root) / p), params, predictor.input_size) for p in rows["path"]]
     decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
@@ -138,12 +132,10 @@ def markdown_lines(summary: dict | None) -> list[str]:
 def lung_share_on_figure(predictor, plane: np.ndarray, attribution: np.ndarray, picture: np.ndarray, subtitle: str,
                          lung_model: Path | None) -> tuple[np.ndarray, str, dict]:
     """For ``explain``: the overlay with the lungs outlined, the subtitle with the share, and
-    ``{"in_lung_share", "lung_model"}`` for the result (both None without a segmenter)."""
+    ``{"in_lung_share", "lung_model"}`` for the result (the share None when no attribution is positive)."""
     import cv2
 
     segmenter = segmenter_for_run(predictor.params, lung_model)
-    if segmenter is None:
-        return picture, subtitle, {"in_lung_share": None, "lung_model": None}
     mask = plane_lung_mask(segmenter, plane)
     share = in_lung_share(attribution, mask)
     outlined = np.ascontiguousarray(np.clip(np.rint(np.asarray(picture) * 255), 0, 255).astype(np.uint8))

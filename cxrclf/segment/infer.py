@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from cxrclf.segment.masks import encode_mask, encode_overlay, mask_from_probabil
 from cxrclf.segment.model import segmenter_plane
 from cxrclf.segment.run import SegmentRun
 
-__all__ = ["DEFAULT_OUT", "Segmenter", "segment_files"]
+__all__ = ["DEFAULT_OUT", "Segmenter", "builtin_segmenter", "segment_files"]
 
 DEFAULT_OUT = Path("segmentations")
 OVERLAY_MAX_SIDE = 1024
@@ -59,8 +59,10 @@ class Segmenter:
         self.folder.require_finished(config)
         self.sha256 = self.folder.weights_sha256()
         if expected_sha256 and self.sha256 != expected_sha256:
+            remedy = ("this cxrclf ships another built-in segmenter than the one the data was preprocessed with: install that cxrclf version"
+                      if self.folder.is_builtin else "restore that segmenter")
             raise CxrclfError(f"lung segmenter's weights changed since the preprocessing parameters were recorded (sha256 {self.sha256[:12]}..., "
-                              f"recorded {expected_sha256[:12]}...); images would not be cropped as in training: restore that segmenter "
+                              f"recorded {expected_sha256[:12]}...); images would not be cropped as in training: {remedy} "
                               "or preprocess and train again", self.folder.file(SegmentRun.WEIGHTS))
         self.config = config
         self.input_size = config.model.input_size
@@ -76,17 +78,34 @@ class Segmenter:
         return np.stack([segmenter_plane(image, self.input_size) for image in images])
 
     @torch.inference_mode()
+    def plane_probabilities(self, planes: np.ndarray) -> np.ndarray:
+        """P(lung) per pixel of input planes, (S, S) or (N, S, S) float32 in [0, 1] as :func:`segmenter_plane` makes them."""
+        planes = np.asarray(planes, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(planes.reshape(-1, 1, *planes.shape[-2:])))
+        with _one_thread():
+            out = torch.sigmoid(self.model((x - self.config.model.mean) / self.config.model.std))[:, 0].numpy()
+        return out.reshape(planes.shape)
+
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """P(lung) per pixel at the network's input size, float32."""
-        plane = torch.from_numpy(segmenter_plane(image, self.input_size))[None, None]
-        x = (plane - self.config.model.mean) / self.config.model.std
-        with _one_thread():
-            return torch.sigmoid(self.model(x))[0, 0].numpy()
+        return self.plane_probabilities(segmenter_plane(image, self.input_size))
 
     def mask(self, image: np.ndarray) -> np.ndarray:
         """The lung mask of ``image`` (2-D, any size and dtype the pipeline accepts) at its own size, bool."""
         image = np.asarray(image)
         return mask_from_probabilities(self.probabilities(image), image.shape[:2], self.threshold)
+
+
+_BUILTIN: list[Segmenter] = []
+
+
+def builtin_segmenter() -> Segmenter:
+    """The built-in segmenter (``cxrclf/builtin/lung/``), loaded on first use and kept for the process."""
+    if not _BUILTIN:
+        from cxrclf.segment.run import BUILTIN, resolve_segment_run
+
+        _BUILTIN.append(Segmenter(resolve_segment_run(BUILTIN)))
+    return _BUILTIN[0]
 
 
 def _unique_stems(files: list[Path]) -> list[str]:
@@ -100,7 +119,7 @@ def _unique_stems(files: list[Path]) -> list[str]:
 
 
 def segment_files(segmenter: Segmenter, files: list[Path], out: Path = DEFAULT_OUT, overwrite: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                  progress: Callable[[int, int], None] | None = None, reads: Sequence[Path] = ()) -> list[dict]:
     """For every file, ``OUT/<stem>.mask.png`` (0/255, the image's size) and ``OUT/<stem>.overlay.png``.
 
     One result per file: ``{"file", "mask", "overlay", "lung_area", "warning"}`` (``warning``:
@@ -110,7 +129,9 @@ def segment_files(segmenter: Segmenter, files: list[Path], out: Path = DEFAULT_O
     from cxrclf.preprocess.lung import lung_problem
 
     out = Path(out)
-    inputs = [*files, segmenter.path]
+    # the folders named on the command line too: masks written among the X-rays would be segmented next time
+    inputs = [*files, *reads, segmenter.path]
+    io.refuse_overlap(out, inputs)
     targets = []
     for stem in _unique_stems(files):
         pair = (out / f"{stem}.mask.png", out / f"{stem}.overlay.png")

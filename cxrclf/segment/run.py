@@ -12,6 +12,12 @@ whose file handling it inherits), marked with the kind ``segmentation``::
 
 The segmenter's identity, as preprocessing records it, is the folder's absolute path and
 the sha256 of ``model.safetensors`` (:meth:`SegmentRun.weights_sha256`).
+
+The package ships one finished run, the *built-in* segmenter (``cxrclf/builtin/lung/``: its
+config.json, half-precision weights and ``provenance.json``, how it was made). The name
+:data:`BUILTIN` (``--lung-model builtin``) means it, and it is the default wherever a
+segmenter may be left unnamed; preprocessing records it as ``builtin`` with its weights'
+sha256, so a cxrclf that ships other weights refuses runs cropped with the old ones.
 """
 
 from __future__ import annotations
@@ -25,13 +31,20 @@ from cxrclf import folders, io
 from cxrclf.errors import CxrclfError
 from cxrclf.runs import FINISHED, TRAINING, Execution, RunFolder, Fields
 
-__all__ = ["DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun", "SegmentTraining",
-           "SegmenterSpec", "resolve_segment_run"]
+__all__ = ["BUILTIN", "DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "PROVENANCE", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun",
+           "SegmentTraining", "SegmenterSpec", "builtin_folder", "resolve_segment_run", "segment_run_named"]
 
 KIND = "segmentation"
 FORMAT_VERSION = 1
-DEFAULT_RUN = folders.RUNS / "lung"
+DEFAULT_RUN = folders.RUNS / "lung"   # where `cxrclf segment train` writes by default
 LUNG_MODEL_ENV = "CXRCLF_LUNG_MODEL"
+BUILTIN = "builtin"                    # the name of the segmenter shipped in the package
+PROVENANCE = "provenance.json"         # beside the built-in's config.json: how it was made
+
+
+def builtin_folder() -> Path:
+    """The built-in segmenter's run folder inside the installed package."""
+    return Path(__file__).resolve().parents[1] / "builtin" / "lung"
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,15 @@ class SegmentRun(RunFolder):
     def weights_sha256(self) -> str:
         return io.sha256_file(self.file(self.WEIGHTS))
 
+    @property
+    def is_builtin(self) -> bool:
+        return self.path.resolve() == builtin_folder()
+
+    @property
+    def identity(self) -> str:
+        """What preprocessing records as ``lung_model``: :data:`BUILTIN`, or the folder's absolute path."""
+        return BUILTIN if self.is_builtin else str(self.path.resolve())
+
     def build_model(self, config: SegmentConfig, device: str = "cpu"):  # type: ignore[override]
         """The segmenter network in eval mode with its trained weights."""
         from cxrclf.segment.model import build_segmenter
@@ -199,14 +221,23 @@ class SegmentRun(RunFolder):
         return None
 
 
-def resolve_segment_run(run: Path | None) -> SegmentRun:
-    """``run`` if given, else ``$CXRCLF_LUNG_MODEL``, else ``runs/lung``; a one-line error when none exists."""
+def segment_run_named(name: str | Path) -> SegmentRun:
+    """The run a recorded ``lung_model`` names: :data:`BUILTIN`, or a folder (not checked here: loading says what is wrong)."""
+    return SegmentRun(builtin_folder()) if str(name) == BUILTIN else SegmentRun(Path(name))
+
+
+def resolve_segment_run(run: Path | str | None) -> SegmentRun:
+    """``run`` if given (``builtin``: the built-in), else ``$CXRCLF_LUNG_MODEL``, else the built-in; a one-line error when none exists."""
     if run is None:
-        env = os.environ.get(LUNG_MODEL_ENV)
-        run = Path(env) if env else DEFAULT_RUN
-        if not run.exists():
-            raise CxrclfError(f"no lung segmentation run found: train one with `cxrclf segment train`, name it with --lung-model, "
-                              f"or set {LUNG_MODEL_ENV}", run)
+        run = os.environ.get(LUNG_MODEL_ENV) or BUILTIN
+        if str(run) != BUILTIN and not Path(run).exists():
+            raise CxrclfError(f"no lung segmentation run here: ${LUNG_MODEL_ENV} names a missing folder; unset it to use the built-in "
+                              "segmenter, or train one with `cxrclf segment train`", run)
+    if str(run) == BUILTIN:
+        folder = builtin_folder()
+        if not (folder / SegmentRun.WEIGHTS).is_file():
+            raise CxrclfError("the built-in lung segmenter is missing from this installation (reinstall cxrclf, or name a run)", folder)
+        return SegmentRun(folder)
     run = Path(run)
     if not run.is_dir():
         raise CxrclfError("lung segmentation run not found" if not run.exists() else "lung segmentation run must be a folder", run)

@@ -37,6 +37,7 @@ from cxrclf.segment.data import MaskPair, find_pairs, read_pair, split_patients,
 from cxrclf.segment.masks import dice, iou, mask_from_probabilities
 from cxrclf.segment.model import DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_INPUT_SIZE, build_segmenter, segmenter_plane
 from cxrclf.segment.run import DEFAULT_RUN, KIND, SegmentConfig, SegmentData, SegmentOutcome, SegmentRun, SegmentTraining, SegmenterSpec
+from cxrclf.threads import use_threads
 
 __all__ = ["SegmentTrainOptions", "augment_batch", "train_segmenter"]
 
@@ -148,8 +149,7 @@ class _Progress:
 
 def _prepare(options: SegmentTrainOptions) -> _Setup:
     options.validate()
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    use_threads(options.threads)
     pairs, report = find_pairs(options.nlm, options.masks)
     splits = split_patients(pairs, options.val_frac, options.test_frac, options.seed)
     for split in ("train", "val"):
@@ -172,17 +172,29 @@ def _prepare(options: SegmentTrainOptions) -> _Setup:
 def _load_images(setup: _Setup, size: int, progress: Callable[[int, int], None] | None) -> _Images:
     import cv2
 
-    planes, targets, truth = [], [], {}
+    planes, targets, truth, empty = [], [], {}, []
     for row, (pair, split) in enumerate(zip(setup.pairs, setup.splits)):
         image, mask = read_pair(pair)
+        if not mask.any():
+            empty.append(pair)
         planes.append(segmenter_plane(image, size))
         targets.append(cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA))
         if split != "train":
             truth[row] = mask
         if progress:
             progress(row + 1, len(setup.pairs))
+    if empty:  # nothing to learn from, and a Dice of 0 that looks like a result
+        raise CxrclfError(_empty_masks_reason(empty, len(setup.pairs)), empty[0].masks[0])
     index = {split: np.flatnonzero(np.asarray(setup.splits) == split) for split in ("train", "val", "test")}
     return _Images(np.stack(planes), np.stack(targets), index, truth)
+
+
+def _empty_masks_reason(empty: list[MaskPair], total: int) -> str:
+    """One line for masks without a lung pixel: how many, and the next files after the first (which the error names)."""
+    others = [str(path) for pair in empty[1:] for path in pair.masks]
+    listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    more = f"; so do the masks of {len(empty) - 1} more of the {total} X-rays ({listed})" if others else ""
+    return f"lung mask holds no lung (no pixel above half its range){more}: masks must mark the lungs white on black"
 
 
 def _describe(setup: _Setup, mean: float, std: float, source: str) -> SegmentConfig:

@@ -38,8 +38,11 @@ from cxrclf.errors import CxrclfError
 from cxrclf.evaluate.metrics import epoch_metrics
 from cxrclf.labels import SCHEMES, LabelScheme
 from cxrclf.models.inputs import model_input
+from cxrclf.models.names import model_label
 from cxrclf.preprocess.params import PreprocessParams, read_params
-from cxrclf.runs import FINISHED, TRAINING, DataSpec, Execution, ModelSpec, Outcome, RunConfig, RunFolder, TrainingSpec, scenario_code
+from cxrclf.runs import (FINISHED, TRAINING, DataSpec, Execution, GuardSettings, ModelSpec, OperatingPoint, Outcome, ReferenceSettings, RunConfig, RunFolder,
+                         TrainingSpec, scenario_code)
+from cxrclf.threads import use_threads
 from cxrclf.train import imbalance
 from cxrclf.train.augment import random_affine
 from cxrclf.train.recipe import RECIPES, Augmenter, RecipeSpec, build_optimizer, lr_factor
@@ -77,8 +80,12 @@ class TrainOptions:
     overwrite: bool = False
     tensorboard: bool = False
     update_latest: bool = True      # False for the folds of --cv: a fold is not a deployable run
+    operating_point: str = "youden"  # how the per-class thresholds are chosen on validation: youden or sensitivity=S
 
     def validate(self) -> "TrainOptions":
+        from cxrclf.models.zoo import check_model_name
+
+        check_model_name(self.model)  # an unknown name fails before any data is read
         self.strategy = parse(Strategy, self.strategy, "strategy")
         self.recipe = parse(Recipe, self.recipe, "recipe")
         spec = RECIPES[self.recipe]
@@ -88,6 +95,7 @@ class TrainOptions:
         self.trainable_blocks = spec.trainable_blocks if self.trainable_blocks is None else self.trainable_blocks
         self.device = parse(Device, self.device, "device")
         self.exclude_sources = tuple(self.exclude_sources)
+        self.operating_point = OperatingPoint.parse_rule(self.operating_point)
         if self.classes not in SCHEMES:
             raise CxrclfError(f"classes must be 2, 3 or 4, not {self.classes}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or not self.lr > 0:
@@ -110,7 +118,10 @@ class TrainOptions:
         return self
 
     def default_out(self) -> Path:
-        name = f"{self.model}-{scenario_code(self.strategy, self.classes)}"
+        from cxrclf.models.zoo import check_model_name
+
+        # the canonical name: NASNetLarge and nasnetalarge train (and resume) the same run
+        name = f"{check_model_name(self.model)}-{scenario_code(self.strategy, self.classes)}"
         return folders.RUNS / (name if self.fold is None else f"{name}-fold{self.fold}")
 
 
@@ -136,22 +147,28 @@ def _distributed(device: torch.device) -> Distributed:
 
 
 class Batches:
-    """Turns uint8 planes into normalised model input on the device, augmenting flagged copies."""
+    """Turns uint8 planes into normalised model input on the device, augmenting flagged copies.
+
+    The planes stay where :class:`ImageSet` keeps them (a read-only map of the folder's cache):
+    each batch is copied out, pinned for a GPU, and moved.
+    """
 
     def __init__(self, images: ImageSet, in_chans: int, mean, std, device: torch.device, augment: Augment = Augment.copies):
         self.device = device
         self.augmenter = Augmenter(augment, images.planes.shape[-1]) if augment in (Augment.light, Augment.strong) else None
         self.augment_copies = augment is Augment.copies
         self.in_chans = in_chans
-        planes = torch.from_numpy(images.planes)
-        self.planes = planes.pin_memory() if device.type == "cuda" else planes
+        self.images = images
         self.labels = torch.from_numpy(images.labels)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def get(self, indices: np.ndarray, augment: np.ndarray | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        x = self.planes[index].to(self.device, non_blocking=True).float().div_(255.0)
+        planes = torch.from_numpy(self.images.take(indices))
+        if self.device.type == "cuda":
+            planes = planes.pin_memory()
+        x = planes.to(self.device, non_blocking=True).float().div_(255.0)
         if augment is not None and self.augmenter is not None:
             x = self.augmenter(x.unsqueeze(1), generator).squeeze(1)  # every training image
         elif augment is not None and self.augment_copies and augment.any():
@@ -296,10 +313,13 @@ def _prepare(options: TrainOptions) -> _Setup:
     options.validate()
     device = resolve_device(options.device)
     dist_info = _distributed(device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    use_threads(options.threads)
     frame, root = read_preprocessed(options.data)
     params = read_params(root / "preprocess.json")
+    if params.uses_lungs:  # a run whose segmenter moved or changed could never predict: refuse before training, not after
+        from cxrclf.preprocess.lung import segmenter_for
+
+        segmenter_for(params)
     if options.fold is not None and not 0 <= options.fold <= int(frame["fold"].max()):
         raise CxrclfError(f"fold {options.fold} does not exist; the manifest has folds 0..{int(frame['fold'].max())}", root)
     unknown = sorted(set(options.exclude_sources) - set(frame["source"]))
@@ -308,16 +328,26 @@ def _prepare(options: TrainOptions) -> _Setup:
     out = Path(options.out or options.default_out())
     resuming, replacing = options.resume, False
     if dist_info.writer:  # rank 0 alone judges the folder: other ranks would race with its writing
-        inputs = [root, options.weights]
+        inputs = [root, options.weights, Path(params.lung_model) if params.lung_model else None]
         if options.resume:
             io.refuse_overlap(out, inputs)
             if not (out / RunFolder.CHECKPOINT).is_file():
-                raise CxrclfError("nothing to resume: no checkpoint.pt in the run folder", out)
+                hint = " (training stopped before its first epoch ended; the same command without --resume starts it afresh)" if _never_checkpointed(out) else ""
+                raise CxrclfError(f"nothing to resume: no checkpoint.pt in the run folder{hint}", out)
         else:
             replacing = io.check_output_path(out, options.overwrite, inputs, kinds=("run",), resumable=True)
-            if not replacing and out.exists() and any(out.iterdir()):
+            if not replacing and out.exists() and any(out.iterdir()) and not _never_checkpointed(out):
                 raise CxrclfError("run folder exists (pass --resume to continue it or --overwrite to replace it)", out)
     return _Setup(options, SCHEMES[options.classes], device, dist_info, frame, root, params, out, resuming, replacing)
+
+
+def _never_checkpointed(out: Path) -> bool:
+    """A run folder that training left before its first checkpoint and its first weights.
+
+    The first epoch failed or was killed: the folder holds only the config, the log and the
+    marker, nothing to resume and nothing to lose, so training starts it afresh in place.
+    """
+    return io.output_kind(out) == "run" and not (out / RunFolder.CHECKPOINT).exists() and not (out / RunFolder.WEIGHTS).exists()
 
 
 def _load_data(setup: _Setup, input_size: int) -> _Data:
@@ -361,12 +391,12 @@ def _versions() -> dict[str, str]:
 def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
     options, scheme = setup.options, setup.scheme
     return RunConfig(
-        model=ModelSpec(name=options.model, class_names=tuple(scheme.classes), input_size=bundle.input_size, in_chans=bundle.in_chans,
+        model=ModelSpec(name=bundle.name, class_names=tuple(scheme.classes), input_size=bundle.input_size, in_chans=bundle.in_chans,
                         mean=tuple(bundle.mean), std=tuple(bundle.std), dropout=options.dropout, trainable_blocks=options.trainable_blocks,
-                        pretrained_source=bundle.pretrained_source),
+                        pretrained_source=bundle.pretrained_source, requested_name=_requested_name(options.model, bundle.name)),
         preprocess=setup.params,
         data=DataSpec(folder=str(Path(options.data).resolve()), manifest_sha256=io.sha256_file(setup.root / "manifest.csv"), fold=options.fold,
-                      exclude_sources=tuple(options.exclude_sources)),
+                      exclude_sources=tuple(options.exclude_sources), views=_training_views(data.train.frame)),
         training=TrainingSpec(strategy=options.strategy, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience,
                               seed=options.seed, pretrained=options.pretrained, weights=None if options.weights is None else str(options.weights),
                               select_by=options.select_by, class_constants=dict(options.class_constants), recipe=options.recipe,
@@ -378,13 +408,28 @@ def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
     )
 
 
+def _training_views(rows: pd.DataFrame) -> tuple[str, ...]:
+    """The distinct views of the training rows, as the manifest names them (none for a manifest without views)."""
+    if "view" not in rows.columns:
+        return ()
+    return tuple(sorted(set(rows["view"].astype(str).str.strip().str.upper()) - {""}))
+
+
+def _requested_name(requested: str, canonical: str) -> str | None:
+    """The user's spelling of the model (NASNetLarge) when it is not the canonical name, else None."""
+    requested = requested.strip()
+    return None if requested == canonical else requested
+
+
 def _restore(run: RunFolder, trainer: Trainer, config: RunConfig, setup: _Setup) -> _Progress:
     """The checkpoint's weights, optimiser, RNG and progress, after checking it is the same run."""
     previous = run.read_config()
-    if previous.data.manifest_sha256 != config.data.manifest_sha256 or previous.preprocess != config.preprocess or previous.data != config.data:
+    recorded = previous.data if previous.data.views else replace(previous.data, views=config.data.views)  # begun before runs recorded views
+    if previous.data.manifest_sha256 != config.data.manifest_sha256 or previous.preprocess != config.preprocess or recorded != config.data:
         raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite", setup.root)
-    # a resumed run may be given more epochs or patience
-    if replace(previous.training, epochs=0, patience=0) != replace(config.training, epochs=0, patience=0) or previous.model != config.model:
+    # a resumed run may be given more epochs or patience, and its model under another spelling (NASNetLarge for nasnetalarge)
+    if (replace(previous.training, epochs=0, patience=0) != replace(config.training, epochs=0, patience=0)
+            or replace(previous.model, requested_name=None) != replace(config.model, requested_name=None)):
         raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", run.path)
     checkpoint = run.load_checkpoint()
     try:
@@ -513,7 +558,7 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
     setup = _prepare(options)
     options = setup.options
     bundle = _build_model(setup)
-    info(f"model {options.model}: {bundle.trainable_parameters:,} of {bundle.total_parameters:,} parameters trainable; weights: {bundle.pretrained_source}")
+    info(f"model {model_label(bundle.name, options.model.strip())}: {bundle.trainable_parameters:,} of {bundle.total_parameters:,} parameters trainable; weights: {bundle.pretrained_source}")
     data = _load_data(setup, bundle.input_size)
     scheme = setup.scheme
     if options.strategy is Strategy.weighted:
@@ -539,7 +584,7 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         if writer:
             run.write_config(config)
         log = run.append_log if writer else (lambda line: None)
-        log(f"{'resumed' if setup.resuming else 'started'} {options.model} {config.scenario} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+        log(f"{'resumed' if setup.resuming else 'started'} {config.model.label} {config.scenario} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
         progress = _fit(setup, run, trainer, data, batches, progress, on_step, on_epoch, log)
         best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), None)
         config = config.with_(status=FINISHED, outcome=replace(config.outcome, epochs_run=progress.epoch, stopped_early=progress.epoch < options.epochs,
@@ -547,7 +592,7 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
         if writer:
             if progress.best_epoch < 1:
                 raise CxrclfError("no epoch gave a finite validation score, so no weights were kept; check the validation split", setup.out)
-            config = _after_training(run, config, trainer, data, batches, info)
+            config = _after_training(run, config, trainer, data, batches, info, options.operating_point)
             run.write_config(config)
             log(f"finished: best epoch {progress.best_epoch} of {progress.epoch}")
     if writer and options.update_latest and RunFolder(setup.out).update_latest() is None:
@@ -560,35 +605,48 @@ def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None]
     return config.to_dict() | {"run": str(setup.out)}
 
 
-def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], info) -> RunConfig:
-    """Fit the out-of-distribution guard on the best weights' training features; its threshold on validation."""
+def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], info,
+                    operating_rule: str = "youden") -> RunConfig:
+    """What the best weights decide with, from one pass over the training and validation images: the
+    out-of-distribution guard (fitted on training features, its threshold on validation), the shift
+    test's reference (the validation features) and the operating point (validation probabilities)."""
+    from cxrclf.evaluate.threshold import choose_operating_point
     from cxrclf.guard.detector import DEFAULT_QUANTILE, GaussianDetector
+    from cxrclf.guard.shift import Reference
 
     trainer.module.load_state_dict(run.load_weights(str(trainer.device)))  # the best epoch, as inference will see it
-    train_features = _pooled(trainer, batches[0], len(data.train))
-    val_features = _pooled(trainer, batches[1], len(data.val))
+    _, train_features = _pooled(trainer, batches[0], len(data.train))
+    val_probabilities, val_features = _pooled(trainer, batches[1], len(data.val))
     detector = GaussianDetector().fit(train_features, data.train.labels)
     val_scores = detector.score(val_features)
     detector.calibrate(val_scores, DEFAULT_QUANTILE)
     detector.save(run.file(RunFolder.GUARD))
-    guard = {"kind": detector.kind, "file": RunFolder.GUARD, "threshold": float(detector.threshold), "quantile": DEFAULT_QUANTILE,
-             "train_images": int(len(train_features)), "val_images": int(len(val_features)), "feature_dim": int(train_features.shape[1]),
-             "val_flag_rate": float(detector.flag(val_scores).mean())}
-    info(f"out-of-distribution guard: {detector.kind} on {guard['feature_dim']} features of {guard['train_images']} training images, "
-         f"threshold {guard['threshold']:.1f} (the {DEFAULT_QUANTILE:.0%} quantile of validation)")
-    return config.with_(guard=guard)
+    guard = GuardSettings(kind=detector.kind, threshold=float(detector.threshold), quantile=DEFAULT_QUANTILE, feature_dim=int(train_features.shape[1]),
+                          train_images=int(len(train_features)), val_images=int(len(val_features)), val_flag_rate=float(detector.flag(val_scores).mean()))
+    info(f"out-of-distribution guard: {detector.kind} on {guard.feature_dim} features of {guard.train_images} training images, "
+         f"threshold {guard.threshold:.1f} (the {DEFAULT_QUANTILE:.0%} quantile of validation)")
+    stored = Reference(val_features, data.val.frame["source"], split="val")
+    stored.save(run.file(RunFolder.REFERENCE))
+    reference = ReferenceSettings(images=len(stored), sources=stored.counts, feature_dim=stored.feature_dim)
+    info(f"shift test reference: {stored.describe()}")
+    point = choose_operating_point(data.val.labels, val_probabilities, config.class_names, operating_rule)
+    info(f"operating point ({point.rule} on {point.val_images} validation images): " + ", ".join(f"{c} {t:.3f}" for c, t in point.thresholds.items()))
+    return config.with_(guard=guard, reference=reference, operating_point=point)
 
 
 @torch.inference_mode()
-def _pooled(trainer: Trainer, batches: Batches, count: int, batch_size: int = 32) -> np.ndarray:
-    from cxrclf.guard.features import pooled_features
+def _pooled(trainer: Trainer, batches: Batches, count: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities, pooled features) of the first ``count`` images, from one forward pass, as inference computes them."""
+    from cxrclf.guard.features import logits_and_features
 
-    out = []
+    probabilities, features = [], []
     for start in range(0, count, batch_size):
         x, _ = batches.get(np.arange(start, min(start + batch_size, count)))
         with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.autocast):
-            out.append(pooled_features(trainer.module, x).float().cpu().numpy())
-    return np.concatenate(out)
+            logits, pooled = logits_and_features(trainer.module, x)
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        features.append(pooled.float().cpu().numpy())
+    return np.concatenate(probabilities), np.concatenate(features)
 
 
 def _tensorboard(out: Path):

@@ -17,7 +17,7 @@ def test_evaluate_writes_report_metrics_and_figures(run_cli, trained_run, prepro
     assert result.exit_code == 0, result.stderr
     assert "COVID-19 vs rest" in result.stdout
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["image_id", "patient_id", "source", "finding", "label", "prob_normal", "prob_covid19", "prob_other", "predicted",
+    assert list(predictions.columns) == ["image_id", "patient_id", "source", "view", "finding", "label", "prob_normal", "prob_covid19", "prob_other", "predicted",
                                          "ood_score", "input_warnings", "flagged"]
     test_rows = pd.read_csv(preprocessed_synthetic / "manifest.csv").query("split == 'test'")
     assert sorted(predictions.image_id) == sorted(test_rows.image_id)
@@ -52,8 +52,10 @@ def test_threshold_is_chosen_on_validation_labels_only(trained_run, preprocessed
 
     monkeypatch.setattr(evaluation.operating, "choose_threshold", spy)
     evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1, overwrite=True))
+    assert seen == []  # the run's stored operating point, chosen by train on validation: nothing is chosen here
+    evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1, overwrite=True, sensitivity=0.9))
     manifest = pd.read_csv(preprocessed_synthetic / "manifest.csv")
-    assert seen == [int((manifest.split == "val").sum())]
+    assert seen == [int((manifest.split == "val").sum())]  # a recomputed one, beside it, on validation only
 
 
 def test_external_fused_folder_is_preprocessed_like_training(trained_run, preprocessed_synthetic, tmp_path):

@@ -97,7 +97,7 @@ def test_ap_passes_unless_the_trained_views_exclude_it(xray):
     ap = dataclasses.replace(DICOM_PA, view_position="AP")
     assert input_warnings(xray, ap) == []
     assert input_warnings(xray, ap, trained_views=("PA", "AP")) == []
-    assert input_warnings(xray, ap, trained_views=("pa",)) == ["view AP, but the model was trained on PA views only"]
+    assert input_warnings(xray, ap, trained_views=("pa",)) == ["AP view (DICOM ViewPosition AP); this run saw PA films only"]
 
 
 @pytest.mark.parametrize("body_part, flagged", [("HAND", True), ("ABDOMEN", True), ("CHEST", False), ("THORAX", False),

@@ -36,11 +36,11 @@ def images(tmp_path_factory):
 def test_train_fits_the_guard_and_records_it(trained_run):
     config = RunFolder(trained_run).read_config()
     guard = config.guard
-    assert guard["kind"] == "gaussian" and guard["quantile"] == 0.95 and (trained_run / "guard.safetensors").is_file()
-    assert 0.0 <= guard["val_flag_rate"] <= 0.1 and guard["train_images"] == sum(config.outcome.train_class_counts.values())
+    assert guard.kind == "gaussian" and guard.quantile == 0.95 and (trained_run / "guard.safetensors").is_file()
+    assert 0.0 <= guard.val_flag_rate <= 0.1 and guard.train_images == sum(config.outcome.train_class_counts.values())
     from cxrclf.guard.detector import load_detector
 
-    assert load_detector(trained_run / "guard.safetensors").threshold == pytest.approx(guard["threshold"])
+    assert load_detector(trained_run / "guard.safetensors").threshold == pytest.approx(guard.threshold)
 
 
 def test_unseen_layouts_are_flagged_and_phantoms_are_not(run_cli, trained_run, images, tmp_path):
@@ -110,5 +110,5 @@ def test_evaluate_reports_flag_rates_and_metrics_on_passing_images(run_cli, trai
     guard = found["guard"]
     assert guard["flagged"] == int(predictions.flagged.sum()) and guard["coverage"] == pytest.approx(1 - predictions.flagged.mean())
     assert guard["passing"]["n_images"] == int((~predictions.flagged).sum())
-    threshold = RunFolder(trained_run).read_config().guard["threshold"]
+    threshold = RunFolder(trained_run).read_config().guard.threshold
     assert ((predictions.ood_score > threshold) == predictions.flagged).all()  # phantoms raise no input warning

@@ -195,10 +195,11 @@ def test_one_channel_input_sums_the_pretrained_first_convolution(tiny_weights):
 
 def test_unknown_model_name_suggests_close_matches():
     with pytest.raises(CxrclfError) as info:
-        create_model("DenseNet-169", 3)
+        create_model("densnet169", 3)
     message = str(info.value)
-    assert "'DenseNet-169'" in message and "did you mean densenet169" in message
+    assert "'densnet169'" in message and "did you mean densenet169" in message
     assert all(name in message for name in PAPER_MODELS)
+    assert "also spelled ResNet, ResNetBaseline, InceptionV3, InceptionResNetV2, DenseNet169, NASNetLarge" in message
     assert "any timm model name" in message
 
 

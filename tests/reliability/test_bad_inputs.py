@@ -346,6 +346,190 @@ def predict_pydicom_test_files(env: Env) -> Prepared:
 
 # ----------------------------------------------------------------------------- the catalogue
 
+
+# ----------------------------------------------------------------------------- round two: outputs onto a run or an input
+
+def predict_csv_onto_run_file(name: str):
+    def setup(env: Env) -> Prepared:
+        run = env.copy(env.run, "run")
+        image = env.xray("xray.png")
+        return Prepared(["predict", image, "--model", run, "--csv", run / name, "--overwrite", "--workers", "1"], inputs=[run, image], names=[run / name])
+    return setup
+
+
+def segment_out_is_input_folder(nested: str):
+    def setup(env: Env) -> Prepared:
+        images = env.xray("imgs/a.png").parent
+        env.xray("imgs/b.png", 1)
+        segmenter = env.write("seg/keep.txt", "a segmenter folder\n").parent
+        out = images / nested if nested else images
+        return Prepared(["segment", images, "--model", segmenter, "--out", out], inputs=[images, segmenter], names=[out])
+    return setup
+
+
+def segment_out_is_cwd(env: Env) -> Prepared:
+    image = env.xray("a.png")
+    segmenter = env.write("seg/keep.txt", "a segmenter folder\n").parent
+    return Prepared(["segment", image, "--model", segmenter, "--out", "."], inputs=[image, segmenter], names=[Path(".")])
+
+
+# ----------------------------------------------------------------------------- round two: a guard that is not the run's
+
+def _refit_guard(run: Path, dim: int, classes: int) -> None:
+    import numpy as np
+
+    from cxrclf.guard.detector import GaussianDetector
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % classes
+    detector = GaussianDetector().fit(rng.normal(size=(40, dim)), labels)
+    detector.calibrate(detector.score(rng.normal(size=(20, dim))))
+    detector.save(run / "guard.safetensors")
+
+    def change(document: dict) -> None:
+        document["guard"]["threshold"] = float(detector.threshold)
+    _edit_config(run, change)
+
+
+def predict_with_foreign_guard(dim: int | None, classes: int):
+    def setup(env: Env) -> Prepared:
+        run = env.copy(env.run, "run")
+        own = json.loads((run / "config.json").read_text())["guard"]["feature_dim"]
+        _refit_guard(run, dim or own, classes)
+        image = env.xray("xray.png")
+        return Prepared(["predict", image, "--model", run, "--workers", "1"], inputs=[run, image], names=[run / "guard.safetensors"])
+    return setup
+
+
+def _guard_field(key: str, value):
+    def change(document: dict) -> None:
+        document["guard"][key] = value
+    return change
+
+
+def _without(key: str):
+    def change(document: dict) -> None:
+        document.pop(key)
+    return change
+
+
+# ----------------------------------------------------------------------------- round two: fold ensembles
+
+def _cv_parent(env: Env, folds: int, listed: int) -> Path:
+    parent = env.tmp / "cv"
+    for fold in range(folds):
+        env.copy(env.run, f"cv/fold-{fold}")
+    (parent / "cv_summary.json").write_text(json.dumps({"folds": listed}))
+    return parent
+
+
+def predict_cv_missing_fold(env: Env) -> Prepared:
+    parent = _cv_parent(env, 2, 3)
+    image = env.xray("xray.png")
+    return Prepared(["predict", image, "--model", parent, "--workers", "1"], inputs=[parent, image], names=[parent / "fold-2"])
+
+
+def predict_cv_fold_of_other_architecture(env: Env) -> Prepared:
+    parent = _cv_parent(env, 2, 2)
+    _edit_config(parent / "fold-1", _model_field("name", "resnet18"))
+    image = env.xray("xray.png")
+    return Prepared(["predict", image, "--model", parent, "--workers", "1"], inputs=[parent, image], names=[parent / "fold-1"])
+
+
+# ----------------------------------------------------------------------------- round two: environment, resumption, sources
+
+def with_environment(variable: str, value: str, command: str):
+    def setup(env: Env) -> Prepared:
+        os.environ[variable] = value
+        env.stack.callback(os.environ.pop, variable, None)
+        if command == "fuse":
+            source = env.copy(env.source("nlm"), "src/nlm")
+            return Prepared(["fuse", "--nlm", source, "--out", env.tmp / "fused", "--workers", "1"], inputs=[source])
+        if command == "preprocess":
+            fused = env.copy(env.fused, "fused")
+            return Prepared(["preprocess", fused, "--out", env.tmp / "prep", "--workers", "1"], inputs=[fused])
+        image = env.xray("xray.png")
+        return Prepared(["predict", image, "--model", env.run, "--workers", "1"], inputs=[image, env.run])
+    return setup
+
+
+def preprocess_repairs_damaged_outputs(env: Env) -> Prepared:
+    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.preprocess.params import PreprocessParams
+
+    fused = env.copy(env.fused, "fused")
+    prep = env.tmp / "prep"
+    preprocess_folder(fused, prep, PreprocessParams(size=64), workers=1)
+    pngs = sorted((prep / "images").glob("*.png"))
+    intact = {p.name: p.read_bytes() for p in pngs}
+    for damaged in pngs[:2]:
+        damaged.write_bytes(damaged.read_bytes()[:100])  # truncated
+    pngs[2].write_bytes(b"")                              # emptied
+    import cv2
+    import numpy as np
+
+    flipped = cv2.imdecode(np.frombuffer(intact[pngs[3].name], np.uint8), cv2.IMREAD_UNCHANGED)[::-1]  # decodes, but not what was written
+    pngs[3].write_bytes(cv2.imencode(".png", np.ascontiguousarray(flipped))[1].tobytes())
+
+    def check(result) -> None:
+        assert "4 of them damaged outputs redone" in result.stdout, result.stdout
+        assert all(p.read_bytes() == intact[p.name] for p in pngs)  # byte-identical to the first run's
+        summary = json.loads((prep / "preprocess.json").read_text())
+        assert summary["repaired"] == 4 and summary["reused"] == len(pngs) - 4
+
+    return Prepared(["preprocess", fused, "--out", prep, "--size", "64", "--workers", "1"], inputs=[fused], allowed=[prep], check=check)
+
+
+def fuse_table_with_escaping_paths(env: Env) -> Prepared:
+    rows = env.fixture("fused_rows")
+    lines = ["path,finding,patient_id"]
+    for index, row in enumerate(rows[:4]):
+        env.copy(env.fused / row["path"], f"mine/images/{index}.png")
+        lines.append(f"images/{index}.png,{row['finding']},p{index}")
+    outside = env.xray("outside.png")
+    lines += [f"{outside},normal,pabs", "../outside.png,normal,pup", "/etc/passwd,normal,ppasswd"]
+    table = env.write("mine/table.csv", "\n".join(lines) + "\n")
+    out = env.tmp / "fused"
+
+    def check(result) -> None:
+        report = json.loads((out / "fuse_report.json").read_text())
+        unsafe = [e["source_file"] for e in report["excluded_rows"] if e["reason"] == "unsafe path"]
+        assert sorted(unsafe) == sorted([str(outside), "../outside.png", "/etc/passwd"]) and report["images"] == 4
+        with open(out / "manifest.csv", newline="") as handle:
+            assert len(list(csv.DictReader(handle))) == 4
+
+    return Prepared(["fuse", "--table", table, "--out", out, "--workers", "1"], inputs=[table.parent, outside], allowed=[out], check=check)
+
+
+def fuse_nlm_with_link_outside(env: Env) -> Prepared:
+    source = env.copy(env.source("nlm"), "src/nlm")
+    kept = sorted(source.rglob("MCUCXR_*.png"))
+    elsewhere = env.copy(kept[0], "elsewhere/MCUCXR_9999_0.png")
+    (kept[0].parent / "MCUCXR_9999_0.png").symlink_to(elsewhere)
+    out = env.tmp / "fused"
+
+    def check(result) -> None:
+        report = json.loads((out / "fuse_report.json").read_text())
+        unsafe = [e["source_file"] for e in report["excluded_rows"] if e["reason"] == "unsafe path"]
+        assert [Path(e).name for e in unsafe] == ["MCUCXR_9999_0.png"] and report["excluded"]["total"] == 1, report["excluded_rows"]
+
+    return Prepared(["fuse", "--nlm", source, "--out", out, "--workers", "1"], inputs=[source, elsewhere], allowed=[out], check=check)
+
+
+def fuse_negative_near_duplicate_bits(env: Env) -> Prepared:
+    source = env.copy(env.source("nlm"), "src/nlm")
+    return Prepared(["fuse", "--nlm", source, "--out", env.tmp / "fused", "--near-duplicate-bits", "-5", "--workers", "1"], inputs=[source])
+
+
+def train_on_lung_folder_with_changed_segmenter(env: Env) -> Prepared:
+    prep = env.copy(env.prep, "prep")
+    segmenter = env.write("lung/keep.txt", "not the segmenter it was cropped with\n").parent
+    document = json.loads((prep / "preprocess.json").read_text())
+    document["params"].update(lung="crop", lung_model=str(segmenter.resolve()), lung_model_sha256="0" * 64)
+    (prep / "preprocess.json").write_text(json.dumps(document))
+    return Prepared(["train", "--data", prep, "--out", env.tmp / "run", *TINY_TRAIN], inputs=[prep, segmenter], names=[segmenter, segmenter.resolve()])
+
+
 CASES = [
     Case("fuse-out-is-source", fuse_out_is_source, message=("output is the input",)),
     Case("fuse-out-is-parent-of-source", fuse_out_is_parent_of_source, message=("output contains the input",)),
@@ -379,6 +563,34 @@ CASES = [
     Case("train-while-locked-in-this-process", train_while_locked_here, message=("in use by process",)),
     Case("fuse-while-locked-by-another-process", fuse_while_locked_elsewhere, message=("in use by process",)),
     Case("predict-pydicom-test-files", predict_pydicom_test_files, exit_code=(0, 1)),
+    # round two
+    Case("predict-csv-onto-run-config", predict_csv_onto_run_file("config.json"), message=("lies inside the input",)),
+    Case("predict-csv-onto-run-weights", predict_csv_onto_run_file("model.safetensors"), message=("lies inside the input",)),
+    Case("segment-out-is-input-folder", segment_out_is_input_folder(""), message=("output is the input",)),
+    Case("segment-out-inside-input-folder", segment_out_is_input_folder("seg"), message=("lies inside the input",)),
+    Case("segment-out-is-cwd-over-inputs", segment_out_is_cwd, message=("contains the input",)),
+    Case("predict-guard-other-feature-size", predict_with_foreign_guard(100, 3), message=("fitted on 100 features",), absent=("ValueError",)),
+    Case("predict-guard-more-classes", predict_with_foreign_guard(None, 5), message=("fitted on classes [0, 1, 2, 3, 4]",)),
+    Case("predict-guard-fewer-classes", predict_with_foreign_guard(None, 2), message=("fitted on classes [0, 1], the run has 3",)),
+    Case("predict-config-guard-feature-dim", predict_with_config(_guard_field("feature_dim", 100)), message=("guard.feature_dim says 100 features",)),
+    Case("predict-config-guard-threshold-nan", predict_with_config(_guard_field("threshold", float("nan"))), message=("guard.threshold",)),
+    Case("predict-config-guard-threshold-negative", predict_with_config(_guard_field("threshold", -5)), message=("guard.threshold",)),
+    Case("predict-config-guard-threshold-text", predict_with_config(_guard_field("threshold", "high")), message=("guard.threshold", "'high'")),
+    Case("predict-config-guard-file-elsewhere", predict_with_config(_guard_field("file", "/etc/passwd")), message=("guard.file",)),
+    Case("predict-config-guard-kind-unknown", predict_with_config(_guard_field("kind", "magic")), message=("guard.kind", "'magic'")),
+    Case("predict-config-without-status", predict_with_config(_without("status")), message=("field status is missing",)),
+    Case("predict-config-without-format-version", predict_with_config(_without("format_version")), message=("field format_version is missing",)),
+    Case("predict-cv-missing-fold", predict_cv_missing_fold, message=("fold-2 is missing", "3 folds")),
+    Case("predict-cv-fold-of-other-architecture", predict_cv_fold_of_other_architecture, message=("differs from fold-0 in architecture",)),
+    Case("fuse-max-pixels-not-a-number", with_environment("CXRCLF_MAX_PIXELS", "abc", "fuse"), message=("CXRCLF_MAX_PIXELS='abc'",)),
+    Case("predict-max-pixels-float", with_environment("CXRCLF_MAX_PIXELS", "1e12", "predict"), message=("CXRCLF_MAX_PIXELS='1e12'",)),
+    Case("preprocess-max-pixels-negative", with_environment("CXRCLF_MAX_PIXELS", "-1", "preprocess"), message=("CXRCLF_MAX_PIXELS='-1'",)),
+    Case("predict-model-variable-names-nothing", with_environment("CXRCLF_MODEL", "nowhere", "predict-default"), message=("CXRCLF_MODEL='nowhere'",)),
+    Case("preprocess-repairs-damaged-outputs", preprocess_repairs_damaged_outputs, exit_code=0),
+    Case("fuse-table-escaping-paths", fuse_table_with_escaping_paths, exit_code=0),
+    Case("fuse-nlm-link-outside", fuse_nlm_with_link_outside, exit_code=0),
+    Case("fuse-near-duplicate-bits-negative", fuse_negative_near_duplicate_bits, message=("from 0 to 256", "-5")),
+    Case("train-lung-folder-segmenter-changed", train_on_lung_folder_with_changed_segmenter, message=("segment",)),
 ]
 
 

@@ -120,3 +120,18 @@ def test_an_image_without_lungs_is_reported_by_predict_and_explain(lung_run, run
     assert predicted.exit_code == 1 and "no lung fields found" in json.loads(predicted.stdout)[0]["error"]
     explained = run_cli("explain", blank, "--model", run, "--method", "gradcam", "--out", tmp_path / "b.png", "--device", "cpu")
     assert explained.exit_code == 2 and explained.stderr.strip().startswith(f"cxrclf: error: {blank}: no lung fields found")
+
+
+def test_no_output_lands_in_the_run_or_its_segmenter(lung_run, run_cli):
+    from cxrclf.runs import RunFolder
+
+    run, segmenter = lung_run["root"] / "run", lung_run["segmenter"]
+    assert RunFolder(run).reads() == [run, segmenter.resolve()]
+    image = next((lung_run["root"] / "fused" / "images").glob("*.png"))
+    weights = segmenter / "model.safetensors"
+    before = weights.read_bytes()
+    for target in (weights, segmenter / "new.csv", run / "config.json"):
+        result = run_cli("predict", image, "--model", run, "--csv", target, "--overwrite", "--device", "cpu", "--workers", "1")
+        assert result.exit_code == 2 and "lies inside the input" in result.stderr, result.stderr
+    assert weights.read_bytes() == before and not (segmenter / "new.csv").exists()
+    assert RunFolder(run).read_config().preprocess == lung_run["params"]

@@ -17,7 +17,7 @@ import csv
 import re
 from pathlib import Path
 
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder
+from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder, resolve_inside
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import NORMAL, TUBERCULOSIS
 
@@ -95,6 +95,9 @@ def read(folder: Path, views: tuple[str, ...] = ("PA",)) -> SourceRows:
         prefix, number, digit = match.group(1).upper(), match.group(2), match.group(3)
         source = SOURCES[prefix]
         source_file = path.relative_to(folder).as_posix()
+        if resolve_inside(folder, source_file) is None:  # a link out of the folder: the same rule as the Cohen reader
+            out.exclusions.append(Exclusion(source, source_file, "unsafe path", "a link to a file outside the source folder"))
+            continue
         if digit not in "01":
             out.exclusions.append(Exclusion(source, source_file, "unrecognised finding", f"label digit {digit}"))
             continue

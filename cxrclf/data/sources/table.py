@@ -1,6 +1,7 @@
 """A user's own images listed in a CSV: ``path,finding`` plus optional ``patient_id,view,sex,age``.
 
-Relative paths resolve against the CSV's folder. ``finding`` may be a cxrclf finding
+Relative paths resolve against the CSV's folder and must stay inside it (absolute and ``../``
+paths are excluded as unsafe, as in the Cohen reader). ``finding`` may be a cxrclf finding
 (``covid19``...) or any Cohen-style text (``COVID-19``, ``No Finding``). Without a
 ``patient_id`` column each image counts as its own patient (reported), and without a
 ``view`` column the view is not filtered.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex
+from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, resolve_inside
 from cxrclf.data.sources.cohen import map_finding
 from cxrclf.io import read_csv_rows
 from cxrclf.labels import FINDINGS
@@ -41,8 +42,10 @@ def read(csv_path: Path, views: tuple[str, ...]) -> SourceRows:
         if "view" in row and view not in wanted:  # every row has the header's keys
             out.exclusions.append(Exclusion(source, relative, "view not requested" if view else "view not recorded", f"view {view}"))
             continue
-        path = Path(relative)
-        path = path if path.is_absolute() else (root / path)
+        path = resolve_inside(root, relative)  # the rule the Cohen reader follows: nothing outside the table's folder
+        if path is None:
+            out.exclusions.append(Exclusion(source, relative, "unsafe path", "absolute or outside the table's folder"))
+            continue
         if not path.is_file():
             out.exclusions.append(Exclusion(source, relative, "file not found"))
             continue

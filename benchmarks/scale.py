@@ -1,0 +1,270 @@
+"""cxrclf at the size of the public sources: near-duplicate search, fuse, preprocess, a training epoch, DDP memory.
+
+    python benchmarks/scale.py search   [--sizes 10000 100000 200000 1000000] [--brute-max 20000] [--json]
+    python benchmarks/scale.py pipeline [--images 1000 10000] [--work DIR] [--workers 2] [--json]
+    python benchmarks/scale.py ddp      [--images 1000] [--work DIR] [--json]
+
+``search`` times :func:`cxrclf.data.split.hamming_pairs` at 24 bits on random 256-bit hashes
+and on clustered ones (cluster centres, each with 4 members up to 8 bits away, the rest of
+the hashes random), and brute force beside it up to ``--brute-max`` hashes, checking that
+the pairs are identical. ``pipeline`` writes synthetic X-rays in the NIH ChestX-ray14
+layout (128 px phantoms, normal and pneumonia, with a tenth as many COVID-19 images in
+the Cohen layout so that the 3-class scheme can train) and times fuse (decode, hash,
+deduplicate, split), preprocess (64 px) and one training epoch (``resnet-baseline``,
+64 px, one thread). ``ddp`` trains the same epoch with ``torchrun --nproc-per-node`` 1
+and 2 and samples the memory of the whole process tree (PSS: pages shared between ranks
+count once in total) and the part of it that maps the image cache.
+
+Every measurement runs in its own process, whose peak resident memory (its own and its
+workers') is reported. ``uptime`` is printed beside the timings: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _peak_mib() -> dict:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_mib": round(own, 1), "peak_worker_mib": round(children, 1)}
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _child(*args: str, env: dict | None = None) -> dict:
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- search
+
+def _hashes(n: int, kind: str, seed: int = 0) -> list[str]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, size=(n, 256), dtype=np.uint8)
+    if kind == "clustered":  # a fifth of the hashes: centres with 4 members each, up to 8 bits from their centre
+        centres = n // 25
+        members = bits[centres:5 * centres].reshape(centres, 4, 256)
+        members[:] = bits[:centres, None, :]
+        flips = rng.integers(0, 256, size=(centres, 4, 8))
+        keep = rng.integers(0, 9, size=(centres, 4))
+        for k in range(8):
+            rows, cols = np.nonzero(keep > k)
+            members[rows, cols, flips[rows, cols, k]] ^= 1
+        bits = bits[rng.permutation(n)]
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+
+
+def search_child(n: int, kind: str, brute: bool) -> dict:
+    import numpy as np
+
+    from cxrclf.data import hamming
+    from cxrclf.data.split import hamming_pairs
+
+    hashes = _hashes(n, kind)
+    start = time.perf_counter()
+    pairs = hamming_pairs(hashes, 24)
+    seconds = time.perf_counter() - start
+    out = {"hashes": n, "kind": kind, "pairs": len(pairs), "seconds": round(seconds, 2), "chunks": hamming.plan(n, 24)} | _peak_mib()
+    if brute:
+        start = time.perf_counter()
+        oracle = hamming.brute_force_pairs(hamming.hash_words(hashes), 24)
+        out["brute_seconds"] = round(time.perf_counter() - start, 2)
+        out["identical"] = bool(np.array_equal(np.array(pairs, dtype=np.int64).reshape(-1, 2), oracle))
+    return out
+
+
+def search(sizes: list[int], brute_max: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        for kind in ("random", "clustered"):
+            rows.append(_child("_search", str(n), kind, "1" if n <= brute_max else "0"))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+def sources_child(work: Path, images: int) -> dict:
+    import numpy as np
+
+    from cxrclf.data import synthetic
+    from cxrclf.labels import COVID19, NORMAL, OTHER_PNEUMONIA
+
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    synthetic.write_nih(work / "nih", {NORMAL: images // 2, OTHER_PNEUMONIA: images - images // 2}, rng, size=128)
+    synthetic.write_cohen(work / "cohen", {COVID19: max(8, images // 10)}, rng, size=128, extras=False)
+    return {"stage": "write sources", "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
+
+
+def fuse_child(work: Path, workers: int) -> dict:
+    from cxrclf.data.fuse import FuseOptions, fuse
+
+    start = time.perf_counter()
+    report = fuse(FuseOptions(nih=work / "nih", cohen=work / "cohen", workers=workers), work / "fused", overwrite=True)
+    return {"stage": "fuse", "images": report["images"], "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
+
+
+def preprocess_child(work: Path, workers: int) -> dict:
+    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.preprocess.params import PreprocessParams
+
+    start = time.perf_counter()
+    summary = preprocess_folder(work / "fused", work / "prep", PreprocessParams(size=64, work_size=128), workers=workers, overwrite=True)
+    return {"stage": "preprocess", "images": summary["images"], "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
+
+
+def train_options(work: Path, out: Path, threads: int | None = 1):
+    from cxrclf.train.loop import TrainOptions
+
+    return TrainOptions(model="resnet-baseline", strategy="oversample", classes=3, data=work / "prep", out=out, epochs=1, patience=1,
+                        batch_size=16, lr=1e-3, image_size=64, pretrained=False, threads=threads, overwrite=True)
+
+
+def train_child(work: Path) -> dict:
+    from cxrclf.train.loop import train
+
+    os.environ["CXRCLF_CACHE"] = str(work / "cache")  # this benchmark's own plane cache, emptied first
+    shutil.rmtree(work / "cache", ignore_errors=True)  # the first epoch builds the cache, as a user's first run does
+    start = time.perf_counter()
+    train(train_options(work, work / "run"))
+    metrics = (work / "run" / "metrics.csv").read_text().splitlines()
+    row = dict(zip(metrics[0].split(","), metrics[1].split(",")))
+    return {"stage": "train 1 epoch", "images": int(float(row["images_per_s"]) * float(row["seconds"])), "seconds": round(time.perf_counter() - start, 1),
+            "epoch_seconds": float(row["seconds"]), "images_per_s": float(row["images_per_s"])} | _peak_mib()
+
+
+def pipeline(sizes: list[int], work_root: Path, workers: int) -> list[dict]:
+    rows = []
+    for images in sizes:
+        work = work_root / f"nih-{images}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for stage in (("_sources", str(work), str(images)), ("_fuse", str(work), str(workers)), ("_preprocess", str(work), str(workers)), ("_train", str(work))):
+            row = {"size": images} | _child(*stage) | {"uptime": _uptime()}
+            if row.get("images"):
+                row["ms_per_image"] = round(1000 * row["seconds"] / row["images"], 2)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
+# ----------------------------------------------------------------------------- ddp
+
+def _tree(pid: int) -> list[int]:
+    found, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        found += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    return found
+
+
+def _pss_kib(pid: int, cache_marker: str) -> tuple[int, int]:
+    """(total PSS, PSS of mappings of the image cache) of one process, in KiB."""
+    total = cached = 0
+    current_is_cache = False
+    try:
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                current_is_cache = cache_marker in line
+            elif line.startswith("Pss:"):
+                value = int(line.split()[1])
+                total += value
+                if current_is_cache:
+                    cached += value
+    except OSError:
+        pass
+    return total, cached
+
+
+def ddp(images: int, work_root: Path) -> list[dict]:
+    work = work_root / f"nih-{images}"
+    if not (work / "prep" / "manifest.csv").is_file():
+        raise SystemExit(f"run `scale.py pipeline --images {images} --work {work_root}` first")
+    rows = []
+    for ranks in (1, 2):
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        out = work / f"run-ddp{ranks}"
+        command = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc-per-node={ranks}", "-m", "cxrclf", "train", "--model", "resnet-baseline",
+                   "--strategy", "oversample", "--classes", "3", "--data", str(work / "prep"), "--out", str(out), "--epochs", "1", "--patience", "1",
+                   "--batch-size", "16", "--image-size", "64", "--no-pretrained", "--overwrite", "--threads", "1"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", CXRCLF_CACHE=str(work / "cache"))
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = peak_cache = 0
+        while process.poll() is None:
+            sizes = [_pss_kib(pid, "/cache/64px-") for pid in _tree(process.pid)]
+            total, cached = sum(s[0] for s in sizes), sum(s[1] for s in sizes)
+            peak, peak_cache = max(peak, total), max(peak_cache, cached)
+            time.sleep(0.2)
+        if process.returncode:
+            raise SystemExit(f"torchrun failed:\n{process.stderr.read()[-3000:]}")
+        rows.append({"ranks": ranks, "images": images, "seconds": round(time.perf_counter() - start, 1), "peak_pss_mib": round(peak / 1024, 1),
+                     "peak_cache_pss_mib": round(peak_cache / 1024, 1),
+                     "cache_file_mib": round(sum(p.stat().st_size for p in (work / "cache").glob("64px-*.u8")) / 2**20, 1), "uptime": _uptime()})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search")
+    s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 200_000, 1_000_000])
+    s.add_argument("--brute-max", type=int, default=20_000)
+    p = sub.add_parser("pipeline")
+    p.add_argument("--images", type=int, nargs="+", default=[1000, 10_000])
+    p.add_argument("--workers", type=int, default=2)
+    d = sub.add_parser("ddp")
+    d.add_argument("--images", type=int, default=1000)
+    for each in (s, p, d):
+        each.add_argument("--json", action="store_true")
+    for each in (p, d):
+        each.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cxrclf-scale")
+    for name in ("_search", "_sources", "_fuse", "_preprocess", "_train"):
+        hidden = sub.add_parser(name)
+        hidden.add_argument("args", nargs="*")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.command.startswith("_"):
+        a = args.args
+        result = {"_search": lambda: search_child(int(a[0]), a[1], a[2] == "1"), "_sources": lambda: sources_child(Path(a[0]), int(a[1])),
+                  "_fuse": lambda: fuse_child(Path(a[0]), int(a[1])), "_preprocess": lambda: preprocess_child(Path(a[0]), int(a[1])),
+                  "_train": lambda: train_child(Path(a[0]))}[args.command]()
+        print(json.dumps(result))
+        return
+    uptime = _uptime()
+    rows = search(args.sizes, args.brute_max) if args.command == "search" else pipeline(args.images, args.work, args.workers) if args.command == "pipeline" else ddp(args.images, args.work)
+    if args.json:
+        print(json.dumps({"rows": rows, "uptime_before": uptime, "uptime_after": _uptime()}, indent=2))
+        return
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items() if k != "uptime"))
+    print(f"before: {uptime}\nafter:  {_uptime()}")
+
+
+if __name__ == "__main__":
+    main()
