@@ -392,6 +392,17 @@ def predict(
 
         predictor = load_exported(model, device=device.value, tta=tta, threads=threads)
         run, reads = predictor.path, predictor.files
+        import importlib.util
+
+        try:
+            torch_missing = importlib.util.find_spec("torch") is None
+        except (ImportError, ValueError):
+            torch_missing = True
+        if torch_missing:  # said once, on stderr: --json stays one array of records
+            from cxrclf.console import warn
+
+            warn(run, "the lung-based input checks need PyTorch, which is not installed here: they did not run, so laterals, CT "
+                      "slices, rotated and negated films are flagged only where the other checks or the guard catch them")
     else:
         run = resolve_run(model)
         reads = run.reads()

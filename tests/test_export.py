@@ -146,6 +146,7 @@ def test_predict_from_the_export_needs_no_torch(run_cli, trained_run, images, tm
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout)
     assert found["loaded"] == []
+    assert "the lung-based input checks need PyTorch, which is not installed here: they did not run" in done.stderr  # said, not skipped silently
     expected = _predict(run_cli, images[:3], "--model", trained_run)
     for record, reference in zip(found["records"], expected):
         assert max(abs(record["probabilities"][c] - p) for c, p in reference["probabilities"].items()) <= TOLERANCE
