@@ -58,7 +58,7 @@ def _check_environment() -> None:
         raise CxrclfError(f"CXRCLF_CACHE={cache!r} must name a folder for training's image caches, and it is a file; fix or unset it")
     for variable, what in (("CXRCLF_MODEL", "a run folder"), ("CXRCLF_LUNG_MODEL", "a lung segmentation run folder"), ("CXRCLF_WEIGHTS", "a folder of weights")):
         value = os.environ.get(variable, "").strip()
-        if value and value != "builtin" and not Path(value).expanduser().is_dir():
+        if value and not (variable == "CXRCLF_LUNG_MODEL" and value == "builtin") and not Path(value).expanduser().is_dir():
             raise CxrclfError(f"{variable}={value!r} must name {what}, and {'nothing is there' if not Path(value).expanduser().exists() else 'it is not a folder'}; "
                               "fix or unset it")
 
@@ -746,6 +746,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cxrclf: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except ModuleNotFoundError as exc:
+        if not _state["debug"] and exc.name in ("onnxruntime", "onnx"):
+            print(f"cxrclf: error: this command needs {exc.name}, which is not installed; install it with "
+                  f"pip install 'cxrclf[{'runtime' if exc.name == 'onnxruntime' else 'export'}]'", file=sys.stderr)
+            sys.exit(2)
         if _state["debug"] or exc.name not in ("torch", "torchvision", "timm"):
             raise
         # a runtime-only install (docs/usage.md, "Predicting without PyTorch") has onnxruntime instead

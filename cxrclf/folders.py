@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["FUSED", "LATEST", "PREPROCESSED", "RUNS"]
+__all__ = ["BUILTIN", "BUILTIN_LUNG", "FUSED", "LATEST", "PREPROCESSED", "RUNS"]
 
 FUSED = Path("data/fused")
 PREPROCESSED = Path("data/preprocessed")
 RUNS = Path("runs")
 LATEST = "latest"
+
+# what ships inside the package: the built-in lung segmenter (named "builtin" wherever a segmenter is)
+BUILTIN = "builtin"
+BUILTIN_LUNG = Path(__file__).resolve().parent / "builtin" / "lung"

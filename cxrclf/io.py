@@ -165,6 +165,23 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return buffer.getvalue()
 
 
+def read_tensors(path: Path, what: str, missing: str) -> tuple[dict[str, str], dict]:
+    """(metadata, numpy tensors) of a ``.safetensors`` file; a missing, damaged or foreign file is one error naming ``what``.
+
+    ``missing`` is the reason given when there is no such file (it says what to do).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CxrclfError(missing if not path.exists() else f"not a file (expected a .safetensors {what})", path)
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise CxrclfError(f"not a readable {what} file: damaged or foreign ({exc.__class__.__name__}: {exc})", path) from exc
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

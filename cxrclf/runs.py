@@ -557,7 +557,7 @@ class RunFolder:
             with contextlib.suppress(CxrclfError, OSError):  # a damaged config is reported when the run loads
                 lung_model = RunFolder(folder).read_config().preprocess.lung_model
                 if lung_model:
-                    folders_read.append(Path(lung_model))
+                    folders_read.append(folders.BUILTIN_LUNG if lung_model == folders.BUILTIN else Path(lung_model))
         return folders_read
 
     def read_config(self) -> RunConfig:

@@ -288,17 +288,10 @@ def shrunk_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
 
 def load_detector(path: str | Path) -> Detector:
     """The detector saved at ``path``, whatever its kind, after checking shapes and metadata."""
-    from safetensors import safe_open
+    from cxrclf.io import read_tensors
 
     path = Path(path)
-    if not path.is_file():
-        raise CxrclfError("OOD detector file not found" if not path.exists() else "not a file (expected a .safetensors OOD detector)", path)
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise CxrclfError(f"not a readable OOD detector file: damaged or foreign ({exc.__class__.__name__}: {exc})", path) from exc
+    metadata, tensors = read_tensors(path, "OOD detector", "OOD detector file not found")
 
     def fail(reason: str) -> CxrclfError:
         return CxrclfError(f"OOD detector file damaged or foreign: {reason}; refit it (train again, or rerun the guard's fitting)", path)

@@ -123,17 +123,10 @@ class Reference:
     @classmethod
     def load(cls, path: str | Path) -> "Reference":
         """Read a file written by :meth:`save`; a damaged or foreign file is a one-line error."""
-        from safetensors import safe_open
+        from cxrclf.io import read_tensors
 
         path = Path(path)
-        if not path.is_file():
-            raise CxrclfError("the run's shift reference is missing (reference.safetensors); train the run again", path)
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except Exception as exc:  # safetensors raises its own error types for every kind of damage
-            raise CxrclfError(f"not a readable shift reference: damaged or foreign ({exc.__class__.__name__})", path) from exc
+        metadata, tensors = read_tensors(path, "shift reference", "the run's shift reference is missing (reference.safetensors); train the run again")
         try:
             if metadata.get("format") != FILE_FORMAT or metadata.get("version") != FILE_VERSION:
                 raise ValueError(f"format {metadata.get('format')!r} version {metadata.get('version')!r}, expected {FILE_FORMAT!r} {FILE_VERSION}")

@@ -139,19 +139,10 @@ def fit_view_check(features: np.ndarray, is_ap: np.ndarray, c: float = 0.01, **f
 
 def load_view_check(path: str | Path) -> ViewCheck:
     """The check saved at ``path`` (a ``.safetensors`` file), after checking its metadata and shapes."""
-    from safetensors import safe_open
-
-    from cxrclf.io import sha256_file
+    from cxrclf.io import read_tensors, sha256_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CxrclfError("view check file not found (a damaged installation: reinstall cxrclf)", path)
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise CxrclfError(f"not a readable view check file: damaged or foreign ({exc.__class__.__name__})", path) from exc
+    metadata, tensors = read_tensors(path, "view check", "view check file not found (a damaged installation: reinstall cxrclf)")
     try:
         if FILE_FORMAT not in metadata:
             raise ValueError(f"no {FILE_FORMAT!r} metadata")

@@ -44,7 +44,7 @@ PROVENANCE = "provenance.json"         # beside the built-in's config.json: how 
 
 def builtin_folder() -> Path:
     """The built-in segmenter's run folder inside the installed package."""
-    return Path(__file__).resolve().parents[1] / "builtin" / "lung"
+    return folders.BUILTIN_LUNG
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ the images are decoded into memory instead.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -149,7 +150,17 @@ def _build_cache(data: Path, expected: dict, frame: pd.DataFrame, root: Path) ->
             header.with_suffix(".u8").unlink(missing_ok=True)
     _header(data).unlink(missing_ok=True)
     with io.atomic_file(data) as tmp:
-        os.truncate(tmp, count * size * size)
+        try:  # the space reserved before it is written through a map: a full disk is an error here, not a SIGBUS later
+            with open(tmp, "r+b") as handle:
+                try:
+                    os.posix_fallocate(handle.fileno(), 0, max(1, count * size * size))
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system without it: written as before
+                        raise
+            os.truncate(tmp, count * size * size)
+        except OSError as exc:
+            raise CxrclfError(f"cannot make training's image cache of {count * size * size / 2**20:.0f} MiB here ({exc.strerror}); "
+                              f"free space, or point {CACHE_VARIABLE} at another folder", data.parent) from exc
         if count:
             planes = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(count, size, size))
             _decode_into(planes, frame, root, size)

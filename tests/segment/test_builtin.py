@@ -113,3 +113,18 @@ def test_a_run_cropped_by_another_builtin_is_refused_in_one_line(builtin_run, ru
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ships another built-in segmenter than the one the data was preprocessed with" in lines[0]
+
+
+def test_a_run_cropped_with_the_builtin_protects_the_package_folder(trained_run, tmp_path):
+    import json
+    import shutil
+
+    from cxrclf import folders
+    from cxrclf.runs import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation-*"))
+    document = json.loads((run / "config.json").read_text())
+    document["preprocess"].update(lung="crop", lung_model="builtin", lung_model_sha256="0" * 64)
+    (run / "config.json").write_text(json.dumps(document))
+    assert RunFolder(run).reads() == [run, folders.BUILTIN_LUNG] and (folders.BUILTIN_LUNG / "model.safetensors").is_file()
