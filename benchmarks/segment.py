@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import commit  # noqa: E402  (benchmarks/ is the script's folder)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-mini"
 
@@ -208,18 +209,6 @@ def _split_pairs(run: Path) -> dict[str, list]:
     return out
 
 
-def _commit() -> str:
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
-
-
 def ship(run: Path, command: str, data: Path) -> dict:
     """Make ``cxrclf/builtin/lung/`` from a finished run: config.json, float16 weights, provenance.json."""
     import dataclasses
@@ -256,7 +245,7 @@ def ship(run: Path, command: str, data: Path) -> dict:
     seconds = sum(float(row["seconds"]) for row in io.read_csv_rows(run / "metrics.csv", ("seconds",), "metrics.csv"))
     provenance = {
         "name": "builtin", "made_by": "python benchmarks/segment.py --ship RUN", "command": command, "cxrclf_version": __version__,
-        "commit": _commit(), "versions": dict(config.execution.versions), "threads": config.execution.threads,
+        "commit": commit(), "versions": dict(config.execution.versions), "threads": config.execution.threads,
         "training": {"epochs_run": config.outcome.epochs_run, "best_epoch": config.outcome.best_epoch, "seconds": round(seconds, 1)},
         "data": {"folder": "../shared/data/cxr-mini/montgomery", "files": len(files), "images": sum(len(v) for v in pairs.values()),
                  "sha256": data_sha256(nlm, files), "hash_of": "sha256 of the sorted lines '<path relative to the folder> <file sha256>', "

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _provenance import commit  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cxr-mini"
@@ -219,17 +220,6 @@ def data_sha256(data: Path, films: list[Film]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _commit() -> str:
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
-
-
 def fit_on_every_film(films: list[Film], features: np.ndarray, is_ap: np.ndarray, pairs: list[tuple[int, int]], c: float):
     """(the check fitted on every film, once per X-ray: NIH's copies of RSNA films are left out; which films it used)."""
     from cxrclf.guard.view import fit_view_check
@@ -270,7 +260,7 @@ def ship(films: list[Film], check, keep: np.ndarray, data: Path, c: float, resul
     counts = {s: {"PA": sum(1 for f in used if f.source == s and not f.is_ap), "AP": sum(1 for f in used if f.source == s and f.is_ap)} for s in SOURCES}
     provenance = {
         "what": "PA-or-AP view check: logistic regression on HOG features (cxrclf.guard.view)",
-        "command": command, "cxrclf": __version__, "commit": _commit(),
+        "command": command, "cxrclf": __version__, "commit": commit(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__, "scikit-image": skimage.__version__},
         "features": {"side": check.side, "cell": check.cell, "orientations": check.orientations, "block": check.block, "count": int(check.coef.size)},
         "model": {"c": c, "class_weight": "balanced", "solver": "lbfgs", "threshold": check.threshold},
