@@ -26,12 +26,12 @@ from _runs import make_run  # noqa: E402
 
 from cxrclf.data import synthetic  # noqa: E402
 from cxrclf.explain import cam, lime  # noqa: E402
-from cxrclf.inference import Predictor  # noqa: E402
+from cxrclf.inference import RunPredictor  # noqa: E402
 
 
 def bench(model: str, samples: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor(make_run(Path(tmp) / "run", model), "cpu")
+        predictor = RunPredictor(make_run(Path(tmp) / "run", model), "cpu")
         image = synthetic.to_uint8(synthetic.phantom("covid19", np.random.default_rng(0), 512).image)
         plane = predictor.plane_from_decoded(image)
         timings = {}

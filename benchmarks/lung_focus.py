@@ -29,8 +29,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 def run_one(name: str, lung: str, fused: Path, segmenter: Path, root: Path, seed: int, epochs: int, split: str) -> dict:
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
-    from cxrclf.preprocess.batch import preprocess_folder
-    from cxrclf.preprocess.lung import lung_params
+    from cxrclf.prepare import preprocess_folder
+    from cxrclf.segment.run import lung_params
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.train.loop import TrainOptions, train
 
@@ -40,11 +40,11 @@ def run_one(name: str, lung: str, fused: Path, segmenter: Path, root: Path, seed
     train(TrainOptions(model="tf_efficientnet_lite0", strategy="oversample", classes=3, data=root / f"prep-{name}", out=root / f"run-{name}",
                        epochs=epochs, patience=5, select_by="auc", seed=seed, update_latest=False))
     result = evaluate(EvaluateOptions(run=root / f"run-{name}", split=split, bootstrap=200, seed=seed, workers=2, lung_model=segmenter, device="cpu"))
-    within = [r for r in result["shortcut"]["within_source"] if r["skipped"] is None]
+    within = [r for r in result.shortcut["within_source"] if r["skipped"] is None]
     return {"name": name, "lung": lung, "images": summary["images"], "skipped": summary["skipped"],
-            "skipped_reasons": sorted({r["reason"] for r in summary["skipped_rows"]}), "test_images": result["n_images"],
-            "macro_auc": result["point"]["macro_auc"], "within_source": within, "lung_attention": result["lung_attention"],
-            "minutes": round((time.perf_counter() - started) / 60, 1), "evaluation": result["out"]}
+            "skipped_reasons": sorted({r["reason"] for r in summary["skipped_rows"]}), "test_images": result.metrics.n_images,
+            "macro_auc": result.metrics.point["macro_auc"], "within_source": within, "lung_attention": result.lung_attention,
+            "minutes": round((time.perf_counter() - started) / 60, 1), "evaluation": result.out}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
     python benchmarks/lungs.py [--data ../shared/data/cxr-mini] [--json] [--limit N]
     python benchmarks/lungs.py --features      # the measures the thresholds were set on
     python benchmarks/lungs.py --cost          # the time per image alone (quick: repeat it when the machine is quiet)
+    python benchmarks/lungs.py --size 96       # the checks on a smaller plane than the segmenter's 128 px, beside 128 (every 4th radiograph)
 
 No classifier is trained: every row is :func:`cxrclf.guard.lungs.lung_warnings` with the
 built-in segmenter on images decoded by ``decode``, as ``predict`` decodes them. Nothing is
@@ -19,10 +20,13 @@ random (no seed, so one run is the measurement).
   in the wheel), noise and constant images; pydicom's CT and MR test files, and an MR and a
   CT slice saved as PNG.
 - Cost: milliseconds per image of ``lung_warnings`` on the decoded image, one PyTorch
-  thread (``torch.set_num_threads(1)``), median over the real radiographs (an image that
-  passes with a sure mask: one pass of the network) and over the flagged ones (five passes),
-  with the load average: on a shared machine the network's own time varies twofold.
-  ``--cost`` measures only that, with the network alone and the steps around it.
+  thread (``torch.set_num_threads(1)``; run it with ``OMP_NUM_THREADS=1``), median and 95th
+  percentile over the real radiographs (an image that passes with a sure mask: one pass of
+  the network), those that pass and the flagged ones (five passes). Both the CPU time of
+  the process (``time.process_time``: what one core spends, whatever else the machine runs)
+  and the wall time, with the load average: on a shared machine the wall time varies
+  twofold. ``--cost`` measures only that, with the network alone (as trained and folded,
+  :func:`cxrclf.segment.model.inference_copy`) and the steps around it.
 """
 
 from __future__ import annotations
@@ -128,14 +132,22 @@ def other_images() -> dict[str, list[tuple[str, np.ndarray]]]:
 
 # ----------------------------------------------------------------------------- measuring
 
-def checked(pixels: np.ndarray, timings: list[float] | None = None) -> list[str]:
+def checked(pixels: np.ndarray, timings: list[tuple[float, float]] | None = None) -> list[str]:
+    """The lung checks' reasons for ``pixels``; their (CPU, wall) milliseconds appended to ``timings``."""
     from cxrclf.guard.lungs import lung_warnings
 
-    started = time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     reasons = lung_warnings(pixels)
     if timings is not None:
-        timings.append(1000 * (time.perf_counter() - started))
+        timings.append((1000 * (time.process_time() - cpu), 1000 * (time.perf_counter() - wall)))
     return reasons
+
+
+def spread(milliseconds: list[float]) -> dict | None:
+    """Median and 95th percentile, rounded to 0.1 ms (None for no values)."""
+    if not milliseconds:
+        return None
+    return {"images": len(milliseconds), "median": round(statistics.median(milliseconds), 1), "p95": round(float(np.percentile(milliseconds, 95)), 1)}
 
 
 def measure(data: Path, limit: int | None = None) -> dict:
@@ -153,7 +165,7 @@ def measure(data: Path, limit: int | None = None) -> dict:
     names = {1: "turned 90 degrees counter-clockwise", 2: "turned 180 degrees", 3: "turned 90 degrees clockwise"}
     for index, item in enumerate(frontal):
         pixels = decode(item["file"]).pixels
-        timings: list[float] = []
+        timings: list[tuple[float, float]] = []
         reasons = checked(pixels, timings)
         real_ms.extend(timings)
         (flagged_ms if reasons else passing_ms).extend(timings)
@@ -192,17 +204,18 @@ def measure(data: Path, limit: int | None = None) -> dict:
         results = [{"reasons": checked(pixels)} for _, pixels in images]
         must[name] = summary(results) | {"missed": [n for (n, _), r in zip(images, results) if not r["reasons"]]}
 
-    def median(values: list[float]) -> float | None:
-        return round(statistics.median(values), 1) if values else None
-
+    sets = {"real radiographs": real_ms, "passing": passing_ms, "flagged": flagged_ms}
     timing = {"threads": torch.get_num_threads(), "input_size": segmenter.input_size, "load_average": [round(x, 1) for x in os.getloadavg()],
-              "median_ms_real_radiographs": median(real_ms), "median_ms_passing": median(passing_ms), "median_ms_flagged": median(flagged_ms)}
+              "cpu_ms": {name: spread([cpu for cpu, _ in values]) for name, values in sets.items()},
+              "wall_ms": {name: spread([wall for _, wall in values]) for name, values in sets.items()}}
     return {"false_alarms": false_alarms, "one_lung_field_on_diseased": one_field, "must_flag": must, "cost": timing}
 
 
 def cost(data: Path, count: int = 100, repeat: int = 3) -> dict:
-    """Milliseconds per image, one thread: ``lung_warnings`` on the first ``count`` real radiographs (each the best of
-    ``repeat``: another process's burst is not the check's cost), the network alone, and the load average around it."""
+    """Milliseconds per image on one thread: ``lung_warnings`` on the first ``count`` real radiographs
+    (CPU time, and wall time as the best of ``repeat``: another process's burst is not the check's
+    cost), the steps apart (the input plane, the network as trained and folded, the mask's
+    measures; CPU time), and the load average around it."""
     import torch
 
     from cxrclf.data.imageio import decode
@@ -215,34 +228,90 @@ def cost(data: Path, count: int = 100, repeat: int = 3) -> dict:
     images = [decode(item["file"]).pixels for item in frontal_images(data)[:count]]
     before = os.getloadavg()[0]
     lung_warnings(images[0])
-    per_image, flagged = [], 0
+    cpu, wall, flagged = [], [], 0
     for pixels in images:
-        timings = []
+        timings: list[tuple[float, float]] = []
         for _ in range(repeat):
-            started = time.perf_counter()
-            reasons = lung_warnings(pixels)
-            timings.append(1000 * (time.perf_counter() - started))
+            reasons = checked(pixels, timings)
         flagged += bool(reasons)
-        per_image.append(min(timings))
-    preparing, measuring = [], []  # the parts that are not the network: the input plane, and the mask's measures
+        cpu.append(statistics.median(t[0] for t in timings))
+        wall.append(min(t[1] for t in timings))
+    steps: dict[str, list[float]] = {"plane": [], "network as trained": [], "network folded": [], "measures": []}
+
+    def timed(step: str, work):
+        started = time.process_time()
+        out = work()
+        steps[step].append(1000 * (time.process_time() - started))
+        return out
+
     for pixels in images:
-        started = time.perf_counter()
-        plane = segmenter_plane(_shrunk(pixels, segmenter.input_size), segmenter.input_size)
-        preparing.append(1000 * (time.perf_counter() - started))
-        probabilities = segmenter.plane_probabilities(plane)
-        started = time.perf_counter()
-        describe_pair(probabilities, plane, segmenter.threshold)
-        measuring.append(1000 * (time.perf_counter() - started))
-    noise = torch.rand(1, 1, segmenter.input_size, segmenter.input_size)
-    network = []
-    with torch.inference_mode():
-        for _ in range(50):
-            started = time.perf_counter()
-            segmenter.model(noise)
-            network.append(1000 * (time.perf_counter() - started))
-    return {"images": len(images), "median_ms": round(statistics.median(per_image), 1), "p90_ms": round(float(np.percentile(per_image, 90)), 1),
-            "network_ms": round(statistics.median(network), 1), "plane_ms": round(statistics.median(preparing), 2),
-            "measures_ms": round(statistics.median(measuring), 2), "load_average": [round(before, 1), round(os.getloadavg()[0], 1)], "flagged": flagged}
+        plane = timed("plane", lambda: segmenter_plane(_shrunk(pixels, segmenter.input_size), segmenter.input_size))
+        timed("network as trained", lambda: segmenter.plane_probabilities(plane))
+        probabilities = timed("network folded", lambda: segmenter.plane_probabilities(plane, folded=True))
+        timed("measures", lambda: describe_pair(probabilities, plane, segmenter.threshold))
+    return {"images": len(images), "flagged": flagged, "cpu_ms": spread(cpu), "wall_ms": spread(wall),
+            "steps_cpu_ms": {step: spread(values) for step, values in steps.items()},
+            "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
+
+
+def at_size(data: Path, size: int, step: int = 4) -> dict:
+    """The checks with the plane made at ``size`` px instead of the segmenter's input size (the
+    network is fully convolutional), beside the input size, on every ``step``-th real radiograph
+    (upright, turned by 90 and 180 degrees, inverted) and Cohen's laterals and CT slices: the
+    share flagged, how often the reasons are the same, the masks' measures (1st and 5th
+    percentile, median of two-field masks), the share of sure upright pairs (one pass) and the
+    CPU time per check."""
+    import torch
+
+    from cxrclf.data.imageio import decode
+    from cxrclf.guard.lungs import _shrunk, describe_pair, orientation_reasons
+    from cxrclf.segment.infer import builtin_segmenter
+    from cxrclf.segment.model import segmenter_plane
+
+    torch.set_num_threads(1)
+    segmenter = builtin_segmenter()
+    sizes = (segmenter.input_size, size)
+    reasons: dict[int, dict[str, list]] = {s: {} for s in sizes}
+    upright: dict[int, list] = {s: [] for s in sizes}
+    seconds: dict[int, list[float]] = {s: [] for s in sizes}
+
+    def images():  # one decoded image at a time: a set of full-size variants would not fit in memory
+        for name, files in cohen_non_frontal(data).items():
+            yield from ((name, decode(f).pixels) for f in files)
+        for item in frontal_images(data)[::step]:
+            pixels = decode(item["file"]).pixels
+            yield from (("upright", pixels), ("turned 90", np.ascontiguousarray(np.rot90(pixels))),
+                        ("turned 180", np.ascontiguousarray(np.rot90(pixels, 2))),
+                        ("inverted", np.iinfo(pixels.dtype).max - pixels if pixels.dtype.kind == "u" else 1 - pixels))
+
+    for name, pixels in images():
+        for s in sizes:
+            started = time.process_time()
+            plane = segmenter_plane(_shrunk(pixels, s), s)
+            reasons[s].setdefault(name, []).append(orientation_reasons(plane, segmenter))
+            seconds[s].append(1000 * (time.process_time() - started))
+            if name == "upright":
+                upright[s].append(describe_pair(segmenter.plane_probabilities(plane, folded=True), plane, segmenter.threshold))
+    return _compared(sizes, reasons, upright, seconds)
+
+
+def _compared(sizes: tuple[int, int], reasons: dict, upright: dict, seconds: dict) -> dict:
+    """:func:`at_size`'s summary: per set the share flagged at each size and the share given the same reasons, the measures, the cost."""
+    from cxrclf.guard.lungs import SURE_CONFIDENCE
+
+    first, size = sizes
+    found = {"sizes": list(sizes), "radiographs": len(upright[size]), "cpu_ms": {s: spread(seconds[s]) for s in sizes}, "sets": {}, "measures": {}}
+    for name in reasons[size]:
+        a, b = reasons[first][name], reasons[size][name]
+        found["sets"][name] = {"images": len(a), "flagged": [float(np.mean([bool(r) for r in rs])) for rs in (a, b)],
+                               "same reasons": float(np.mean([x == y for x, y in zip(a, b)]))}
+    for field in ("confidence", "area", "balance", "side_by_side", "width", "aspect", "top", "contrast"):
+        found["measures"][field] = {}
+        for s in sizes:
+            values = np.array([getattr(p, field) for p in upright[s] if p.fields == 2], float)
+            found["measures"][field][s] = np.round(np.percentile(values[~np.isnan(values)], [1, 5, 50]), 3).tolist()
+    found["sure upright (one pass)"] = {s: float(np.mean([p.is_pair and p.confidence >= SURE_CONFIDENCE for p in upright[s]])) for s in sizes}
+    return found
 
 
 def feature_quantiles(data: Path, limit: int | None = None) -> dict:
@@ -303,9 +372,11 @@ def markdown(result: dict) -> str:
         named = f"{s['reason named']:.1%}" if "reason named" in s and name != "corner quarters (4 per image)" else ""
         lines.append(f"| {name} | {s['images']} | {s['flagged']:.1%} | {named} |")
     c = result["cost"]
-    lines += ["", f"cost, one thread, {c['input_size']} px plane: median {c['median_ms_real_radiographs']} ms per real radiograph; "
-              f"{c['median_ms_passing']} ms on those that pass, {c['median_ms_flagged']} ms on flagged images (five passes); "
-              f"load average at the end {c['load_average']}"]
+    lines += ["", f"cost, one thread, {c['input_size']} px plane, load average at the end {c['load_average']}:", "",
+              "| images | count | CPU ms median | CPU ms p95 | wall ms median | wall ms p95 |", "|---|---|---|---|---|---|"]
+    for name, cpu in c["cpu_ms"].items():
+        wall = c["wall_ms"][name]
+        lines.append(f"| {name} | {cpu['images']} | {cpu['median']} | {cpu['p95']} | {wall['median']} | {wall['p95']} |" if cpu else f"| {name} | 0 | | | | |")
     return "\n".join(lines)
 
 
@@ -314,13 +385,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="only the first N frontal radiographs (a quick look)")
     parser.add_argument("--features", action="store_true", help="print what the thresholds were set on (the masks' measures) instead")
-    parser.add_argument("--cost", action="store_true", help="only the time per image: 100 radiographs, best of 3 each, and the network alone")
+    parser.add_argument("--cost", action="store_true", help="only the time per image: 100 radiographs, 3 times each, and the steps apart")
+    parser.add_argument("--size", type=int, default=None, help="compare the checks on a plane of this side with the segmenter's own input size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not (args.data / "cohen" / "metadata.csv").is_file():
         raise SystemExit(f"benchmarks/lungs.py: {args.data}: the shared data folder not found (pass --data)")
-    if args.features or args.cost:
-        print(json.dumps(feature_quantiles(args.data, args.limit) if args.features else cost(args.data), indent=2))
+    if args.features or args.cost or args.size:
+        found = feature_quantiles(args.data, args.limit) if args.features else cost(args.data) if args.cost else at_size(args.data, args.size)
+        print(json.dumps(found, indent=2))
         return
     result = measure(args.data, args.limit)
     print(json.dumps(result, indent=2, default=str) if args.json else markdown(result))

@@ -8,7 +8,8 @@ For each seed, a ``tf_efficientnet_lite0`` run (real ImageNet weights, 224 px, o
 :func:`cxrclf.predict.predict_files`, the path a user's ``cxrclf predict`` takes, from the
 original files:
 
-- the run's own test split (false alarms: the threshold is the 95% quantile of validation);
+- the run's own test split (false alarms: the threshold is the split-conformal 95% threshold
+  of the validation scores, :func:`cxrclf.guard.detector.threshold_from`);
 - photographs shipped with scikit-image, noise, constant images;
 - the Cohen collection's lateral and CT rows (PNG/JPEG: no header to read) and a real CT DICOM
   (pydicom's ``CT_small.dcm``);
@@ -18,8 +19,10 @@ original files:
 
 Both learned scores are measured on the same features and logits: the class-conditional
 Gaussian (Mahalanobis distance on the pooled backbone features, what ``train`` fits) and
-the energy score (``-logsumexp`` of the logits), each with its threshold at the 95% quantile
-of the run's validation images. "flagged" is what ``predict`` reports: an input check or the
+the energy score (``-logsumexp`` of the logits), each with its threshold read off the run's
+validation images by the same rule. A run reused from ``--work`` whose guard was calibrated
+before the rule was recorded (``quantile`` in ``config.json``) is recalibrated first
+(:func:`recalibrate`), from the validation features its ``reference.safetensors`` holds. "flagged" is what ``predict`` reports: an input check or the
 Gaussian score.
 
 The batch shift test (:mod:`cxrclf.guard.shift`) runs on every set of at least 20 images, as
@@ -45,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_run(work: Path, shared: Path, seed: int, epochs: int, test_frac: float = 0.1) -> Path:
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.runs import RunFolder
     from cxrclf.train.loop import TrainOptions, train
@@ -60,11 +63,37 @@ def build_run(work: Path, shared: Path, seed: int, epochs: int, test_frac: float
     folder = RunFolder(run)
     if folder.is_run and folder.read_config().finished and folder.read_config().guard and folder.read_config().reference \
             and folder.read_config().training.epochs == epochs:
+        recalibrate(run)
         return run
     train(TrainOptions(model="tf_efficientnet_lite0", strategy="oversample", classes=4, data=prepared, out=run, epochs=epochs, patience=5,
                        seed=seed, select_by="auc", overwrite=folder.is_run, update_latest=False),
           on_info=lambda message: print("   ", message, file=sys.stderr))
     return run
+
+
+def recalibrate(run: Path) -> None:
+    """A run whose guard threshold was read off validation by an older rule gets today's
+    (``DEFAULT_RULE``), as ``train`` would set it now: the same fitted detector scored on the
+    validation features that ``reference.safetensors`` holds (stored as float16: the thresholds
+    move by under 1e-5 relative from recomputing them on the images), then ``guard.safetensors``
+    and ``config.json`` rewritten."""
+    from cxrclf.guard.detector import DEFAULT_RULE, calibrate_guard, load_detector
+    from cxrclf.guard.shift import Reference
+    from cxrclf.runs import RunFolder
+
+    folder = RunFolder(run)
+    config = folder.read_config()
+    if config.guard.rule == DEFAULT_RULE:
+        return
+    detector = load_detector(folder.file(RunFolder.GUARD))
+    reference = Reference.load(folder.file(RunFolder.REFERENCE))
+    if len(reference) != config.guard.val_images:
+        raise SystemExit(f"{run}: the reference holds {len(reference)} images, the guard was calibrated on {config.guard.val_images}; retrain it")
+    guard = calibrate_guard(detector, reference.features, config.guard.train_images, config.guard.quantile)
+    detector.save(folder.file(RunFolder.GUARD))
+    folder.write_config(config.with_(guard=guard))
+    print(f"    recalibrated the guard ({config.guard.rule} -> {guard.rule}): threshold {config.guard.threshold:.3f} -> {guard.threshold:.3f}, "
+          f"validation flag rate {config.guard.val_flag_rate:.3f} -> {guard.val_flag_rate:.3f}", file=sys.stderr)
 
 
 def image_sets(work: Path, shared: Path, fused: Path) -> dict[str, list[Path]]:
@@ -135,37 +164,37 @@ def logits(predictor, files: list[Path], preprocessed: bool = False) -> np.ndarr
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
-    from cxrclf.evaluate.metrics import auc_score
+    from cxrclf.metrics import auc_score
 
     return auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))].astype(bool), np.r_[inside, outside])
 
 
 def measure(run: Path, sets: dict[str, list[Path]]) -> list[dict]:
     from cxrclf.data.manifest import read_manifest
-    from cxrclf.guard.detector import DEFAULT_QUANTILE, EnergyDetector
+    from cxrclf.guard.detector import DEFAULT_QUANTILE, DEFAULT_RULE, EnergyDetector
     from cxrclf.guard.lungs import REASONS as LUNG_REASONS
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
     from cxrclf.predict import predict_files
 
-    predictor = Predictor(run, "cpu")
+    predictor = RunPredictor(run, "cpu")
     config = predictor.config
     prepared = Path(config.data.folder)
     manifest = read_manifest(prepared)
     val_files = [prepared / p for p in manifest[manifest.split == "val"]["path"]]
     energy = EnergyDetector()
-    energy.calibrate(energy.score(logits(predictor, val_files, preprocessed=True)), DEFAULT_QUANTILE)  # as train sets the Gaussian's
+    energy.calibrate(energy.score(logits(predictor, val_files, preprocessed=True)), DEFAULT_QUANTILE, DEFAULT_RULE)  # as train sets the Gaussian's
 
     rows, own = [], {}
     for name, files in sets.items():
         results = predict_files(predictor, files, workers=2)
-        good = [r for r in results if "error" not in r]
-        gaussian = np.array([r["ood_score"] for r in good])
-        energies = energy.score(logits(predictor, [Path(r["file"]) for r in good]))
-        checks = np.array([any(not w.startswith("out of distribution") for w in r["warnings"]) for r in good])
-        lungs = np.array([any(w in LUNG_REASONS for w in r["warnings"]) for r in good])  # the part of the input checks that reads the lungs
+        good = [r for r in results if r.error is None]
+        gaussian = np.array([r.ood_score for r in good])
+        energies = energy.score(logits(predictor, [Path(r.file) for r in good]))
+        checks = np.array([any(not w.startswith("out of distribution") for w in r.warnings) for r in good])
+        lungs = np.array([any(w in LUNG_REASONS for w in r.warnings) for r in good])  # the part of the input checks that reads the lungs
         learned = predictor.flagged(gaussian)
-        flagged = np.array([r["in_distribution"] is False for r in good])
-        covid = np.array([r["predicted"] == "covid19" for r in good])
+        flagged = np.array([r.in_distribution is False for r in good])
+        covid = np.array([r.predicted == "covid19" for r in good])
         row = {"set": name, "images": len(files), "decoded": len(good), "flagged": float(flagged.mean()), "by input checks": float(checks.mean()), "by lung checks": float(lungs.mean()),
                "by Gaussian score": float(learned.mean()), "by energy score": float(energy.flag(energies).mean()),
                "called COVID-19": int(covid.sum()), "COVID-19 calls flagged": float(flagged[covid].mean()) if covid.any() else None}
@@ -183,10 +212,10 @@ def measure(run: Path, sets: dict[str, list[Path]]) -> list[dict]:
 def null_batches(run: Path, files: list[Path], sizes: tuple[int, ...] = (20, 50), draws: int = 100, seed: int = 0) -> list[dict]:
     """The shift test on random batches of unseen images of the training sources: how often is an unshifted batch called shifted?"""
     from cxrclf.guard.shift import ALPHA, shift_test
-    from cxrclf.inference import Predictor, plane_from_file
+    from cxrclf.inference import RunPredictor, plane_from_file
     from cxrclf.parallel import map_images
 
-    predictor = Predictor(run, "cpu")
+    predictor = RunPredictor(run, "cpu")
     decoded = map_images(plane_from_file, [(str(f), predictor.params.to_dict(), predictor.input_size) for f in files], 2)
     _, features, _ = predictor.assess(np.stack([d["plane"] for d in decoded if "plane" in d]))
     reference, rng, rows = predictor.shift_reference(), np.random.default_rng(seed), []

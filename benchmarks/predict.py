@@ -2,7 +2,7 @@
 
     python benchmarks/predict.py [--model tf_efficientnet_lite0] [--batch-size 16] [--images 64] [--runtime-python PATH] [--json]
 
-1. model only: :meth:`Predictor.probabilities` on uint8 planes held in memory against a
+1. model only: :meth:`RunPredictor.probabilities` on uint8 planes held in memory against a
    bare ``model(x)`` on a pre-normalised float batch of the same model and batch size, and
    :meth:`cxrclf.runtime.OnnxPredictor.assess` on the run exported with ``cxrclf export``
    (onnxruntime with as many threads as PyTorch);
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runs import make_run  # noqa: E402
 
 from cxrclf.data import synthetic  # noqa: E402
-from cxrclf.inference import Predictor  # noqa: E402
+from cxrclf.inference import RunPredictor  # noqa: E402
 from cxrclf.predict import predict_files  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def _environment_size(python: str) -> str:
 def bench(model: str, batch_size: int, images: int, runtime_python: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "run", model)
-        predictor = Predictor(run, "cpu")
+        predictor = RunPredictor(run, "cpu")
         size = predictor.input_size
         rng = np.random.default_rng(0)
         planes = rng.integers(0, 256, size=(images, size, size), dtype=np.uint8)

@@ -257,7 +257,7 @@ def bench_pipeline(data: Path, workers: tuple[int, ...] = (1, 2), size: int = 33
     import tempfile
 
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     with tempfile.TemporaryDirectory() as tmp:

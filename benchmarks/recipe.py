@@ -37,7 +37,7 @@ WITHIN = (("cohen", "covid19", "Cohen COVID-19"), ("rsna", "other_pneumonia", "R
 
 def prepare(work: Path, shared: Path, size: int) -> Path:
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     fused, prepared = work / "fused", work / f"prep-{size}"
@@ -69,12 +69,12 @@ def out_of_fold(prepared: Path, parent: Path):
     import pandas as pd
 
     from cxrclf.evaluate.evaluation import load_rows, predict_rows
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
     from cxrclf.runs import RunFolder
 
     frames = []
     for fold in RunFolder(parent).fold_runs():
-        predictor = Predictor(fold, "cpu")
+        predictor = RunPredictor(fold, "cpu")
         rows, root, needs = load_rows(prepared, "val", predictor.params, predictor.config.data.fold)
         frames.append(predict_rows(predictor, rows, root, needs, 1)[0])
     return pd.concat(frames, ignore_index=True)

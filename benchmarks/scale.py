@@ -124,7 +124,7 @@ def fuse_child(work: Path, workers: int) -> dict:
 
 
 def preprocess_child(work: Path, workers: int) -> dict:
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     start = time.perf_counter()

@@ -87,9 +87,9 @@ def real_rows(run: Path, shared: Path) -> list[dict]:
     import pandas as pd
 
     from cxrclf.data.manifest import read_manifest
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
 
-    predictor = Predictor(run, "cpu")
+    predictor = RunPredictor(run, "cpu")
     prepared = Path(predictor.config.data.folder)
     manifest = read_manifest(prepared)
     reference = features_of(predictor, [prepared / p for p in manifest[manifest.split == "val"].path], preprocessed=True)

@@ -13,7 +13,7 @@ from typing import TypeVar
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "Augment", "Backend", "ExportFormat", "Recipe", "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "Lung", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
+    "Augment", "Backend", "ExportFormat", "Recipe", "Denoise", "Device", "ExplainMethod", "Fit", "Inpaint", "Intensity", "Lung", "RsnaNotNormal", "SelectBy", "Split", "Strategy", "TableFormat",
     "parse", "resolve_device",
 ]
 
@@ -79,6 +79,13 @@ class Inpaint(Choice):
 class Denoise(Choice):
     adaptive_tv = "adaptive-tv"
     none = "none"
+
+
+class Intensity(Choice):
+    """One intensity normalisation for every source (harmonised inputs): none (the paper), CLAHE, or matching a fixed reference histogram."""
+    none = "none"
+    clahe = "clahe"
+    match = "match"
 
 
 class Lung(Choice):

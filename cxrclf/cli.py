@@ -16,11 +16,13 @@ import typer
 from typer.core import TyperGroup
 
 from cxrclf import folders
-from cxrclf.choices import Augment, Backend, Denoise, Device, ExportFormat, ExplainMethod, Fit, Inpaint, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
+from cxrclf.choices import Augment, Backend, Denoise, Device, ExportFormat, ExplainMethod, Fit, Inpaint, Intensity, Lung, Recipe, RsnaNotNormal, SelectBy, Split, Strategy, TableFormat
 from cxrclf.cli_help import Typer
 from cxrclf.demo import DemoSettings
 from cxrclf.errors import CxrclfError
 from cxrclf.preprocess.params import PreprocessParams  # the defaults of `preprocess` (imports numpy and OpenCV: about 0.1 s)
+from cxrclf.runs import ModelSpec, TrainingSpec  # the defaults of `train`
+from cxrclf.segment.run import DEFAULT_ENCODER, DEFAULT_INPUT_SIZE, DEFAULT_RUN, SegmentData, SegmentTraining  # the defaults of `segment train`
 
 app = Typer(
     name="cxrclf",
@@ -92,12 +94,12 @@ def fuse(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
 ) -> None:
     """Merge Cohen, RSNA, NIH and NLM (and your own tables) into one patient-level split dataset."""
-    from cxrclf.console import console, count_table, progress_bar, key_value_table, wrote
+    from cxrclf.console import confounding_table, console, count_table, progress_bar, key_value_table, wrote
     from cxrclf.data.fuse import FuseOptions, fuse as run_fuse
 
     options = FuseOptions(
         cohen=cohen, rsna=rsna, nih=nih, nlm=nlm, shenzhen=shenzhen, tables=tuple(table or ()), views=_views(views),
-        rsna_not_normal=rsna_not_normal.value, test_frac=test_frac, val_frac=val_frac, folds=folds, seed=seed,
+        rsna_not_normal=rsna_not_normal, test_frac=test_frac, val_frac=val_frac, folds=folds, seed=seed,
         near_duplicate_bits=near_duplicate_bits, same_xray_bits=same_xray_bits, workers=max(1, workers),
     )
     with progress_bar("decoding", quiet=as_json) as update:
@@ -105,7 +107,7 @@ def fuse(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    console.print(count_table("Images per source and finding (paper's Table 1)", report["source_x_finding"], "source"))
+    confounding_table(report["confounding"])  # the paper's Table 1, by finding, and a warning per finding from one source alone
     console.print(count_table("Images per split and finding (paper's Table 2)", report["split_x_finding"], "split"))
     if report["excluded"]["by_source"]:
         console.print(count_table("Excluded rows by reason", report["excluded"]["by_source"], "source"))
@@ -117,8 +119,6 @@ def fuse(
     for pair, counts in report["same_xray_by_source_pair"].items():
         console.print(f"same X-ray in {pair.replace('+', ' and ')}: {counts['x_rays']} (kept once: {counts['kept once']}; "
                       f"excluded, findings disagree: {counts['excluded, findings disagree']})")
-    for finding, source in report["single_source_findings"].items():
-        console.print(f"[yellow]warning:[/yellow] every {finding} image comes from {source}: a model can learn the source instead of the finding")
     wrote([out / "manifest.csv", f"{out / 'images'}/", out / "fuse_report.json"])
 
 
@@ -128,8 +128,8 @@ def audit(
     near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash distance (of 256 bits) counted as near-identical.")] = 24,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
-    """Check a manifest for leakage between splits. Exit 1 when any is found."""
-    from cxrclf.console import console, count_table, heading, key_value_table, status
+    """Check a manifest for leakage between splits, and show its findings by source (confounding). Exit 1 when leakage is found."""
+    from cxrclf.console import confounding_table, console, heading, key_value_table, status
     from cxrclf.data.audit import audit as run_audit
 
     with status(f"auditing {manifest}", quiet=as_json):
@@ -145,10 +145,7 @@ def audit(
             "near-identical images across splits": len(result["near_identical_images_across_splits"]),
             "identical images repeated within a split": result["identical_images_repeated_within_a_split"],
         }))
-        if result["finding_x_source"]:
-            console.print(count_table("Findings by source", result["finding_x_source"], "finding"))
-        for finding, source in result["single_source_findings"].items():
-            console.print(f"[yellow]warning:[/yellow] every {finding} image comes from {source} (source confounding)")
+        confounding_table(result["confounding"])
         console.print("[red]leakage found[/red]" if result["leakage"] else "[green]no leakage found[/green]")
     raise typer.Exit(1 if result["leakage"] else 0)
 
@@ -159,46 +156,54 @@ def preprocess(
     out: Annotated[Optional[Path], typer.Option(help="Output folder, or OUT.png for a one-image preview.", show_default=str(folders.PREPROCESSED))] = None,
     size: Annotated[int, typer.Option(help="Output side in pixels (the paper: 331).")] = PreprocessParams.size,
     channels: Annotated[int, typer.Option(help="3 (grey replicated) or 1.")] = PreprocessParams.channels,
-    fit: Annotated[Fit, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = Fit(PreprocessParams.fit),
+    fit: Annotated[Fit, typer.Option(help="stretch (the paper) or pad (keep the aspect ratio).")] = PreprocessParams.fit,
     text_threshold: Annotated[float, typer.Option(help="Text mask threshold, a fraction of the intensity range (Eq. 4).")] = PreprocessParams.text_threshold,
     no_text_removal: Annotated[bool, typer.Option("--no-text-removal", help="Skip text and marker removal.")] = False,
-    inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = Inpaint(PreprocessParams.inpaint),
+    inpaint: Annotated[Inpaint, typer.Option(help="Inpainting method.")] = PreprocessParams.inpaint,
     inpaint_radius: Annotated[float, typer.Option(help="Inpainting radius in pixels.")] = PreprocessParams.inpaint_radius,
-    denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = Denoise(PreprocessParams.denoise),
+    denoise: Annotated[Denoise, typer.Option(help="adaptive-tv (Eq. 5) or none.")] = PreprocessParams.denoise,
     tv_weight: Annotated[Optional[str], typer.Option(help="TV strength lambda, or 'auto': chosen per image from its estimated noise.")] = str(PreprocessParams.tv_weight),
     tv_k: Annotated[float, typer.Option(help="Edge contrast parameter k of the adaptive weight.")] = PreprocessParams.tv_k,
     tv_sigma: Annotated[float, typer.Option(help="Gaussian sigma of the edge detector.")] = PreprocessParams.tv_sigma,
     tv_iterations: Annotated[int, typer.Option(help="Solver iterations.")] = PreprocessParams.tv_iterations,
-    lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = Lung(PreprocessParams.lung),
+    lung: Annotated[Lung, typer.Option(help="none (the paper), crop to the lungs' box (the mediastinum kept), or mask: grey out all but the lung fields.")] = PreprocessParams.lung,
     lung_model: Annotated[Optional[Path], typer.Option(help="Lung segmentation run for --lung crop|mask, or 'builtin' (default: $CXRCLF_LUNG_MODEL, else the built-in segmenter).")] = None,
     lung_margin: Annotated[float, typer.Option(help="Margin around the lungs, a fraction of their box's side.")] = PreprocessParams.lung_margin,
+    harmonize: Annotated[bool, typer.Option("--harmonize", help="Give every source one look: the coarsest source's detail (--detail-size 128) and one intensity normalisation (--intensity match).")] = False,
+    detail_size: Annotated[Optional[int], typer.Option(help="Bring the short side down to this many pixels before the output size, 0 for off.", show_default="128 with --harmonize, else 0")] = None,
+    intensity: Annotated[Optional[Intensity], typer.Option(help="none, clahe, or match: a fixed reference histogram.", show_default="match with --harmonize, else none")] = None,
+    clahe_clip: Annotated[float, typer.Option(help="CLAHE clip limit, for --intensity clahe.")] = PreprocessParams.clahe_clip,
+    clahe_grid: Annotated[int, typer.Option(help="CLAHE tiles per side, for --intensity clahe.")] = PreprocessParams.clahe_grid,
+    deblock: Annotated[bool, typer.Option("--deblock", help="A light bilateral filter against JPEG blocks.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel processes.", show_default="all cores")] = os.cpu_count() or 1,
     figures: Annotated[int, typer.Option(help="Write stage-by-stage panels with histograms for this many images.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output made with other parameters.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Remove burned-in text, denoise (adaptive TV) and resize; resumable and parallel."""
+    """Remove burned-in text, denoise (adaptive TV) and resize (--harmonize: one look for every source); resumable and parallel."""
     from dataclasses import replace
 
     from cxrclf.console import console, count_table, path_line, progress_bar, wrote
-    from cxrclf.preprocess.lung import lung_params
+    from cxrclf.segment.run import lung_params
+    from cxrclf.preprocess.harmonize import harmonization
     from cxrclf.preprocess.params import PreprocessParams, parse_tv_weight
 
     given = {
-        "size": size, "channels": channels, "fit": fit.value, "remove_text": not no_text_removal, "text_threshold": text_threshold,
-        "inpaint": inpaint.value, "inpaint_radius": inpaint_radius, "denoise": denoise.value, "tv_weight": parse_tv_weight(tv_weight), "tv_k": tv_k,
+        "size": size, "channels": channels, "fit": fit, "remove_text": not no_text_removal, "text_threshold": text_threshold,
+        "inpaint": inpaint, "inpaint_radius": inpaint_radius, "denoise": denoise, "tv_weight": parse_tv_weight(tv_weight), "tv_k": tv_k,
         "tv_sigma": tv_sigma, "tv_iterations": tv_iterations, "lung_margin": lung_margin, **lung_params(lung, lung_model),
+        **harmonization(harmonize, detail_size, intensity, deblock), "clahe_clip": clahe_clip, "clahe_grid": clahe_grid,
     }
     params = replace(PreprocessParams(), **{k: v for k, v in given.items() if v is not None}).validate()
     if source.is_file():
-        from cxrclf.preprocess.batch import preview
+        from cxrclf.prepare import preview
 
         if out is None:
             raise CxrclfError("a one-image preview needs --out OUT.png", source)
         height, width = preview(source, out, params)
         wrote([out], label=f"wrote a {width}x{height}x{params.channels} preview")
         return
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
 
     out = out or folders.PREPROCESSED
     if not source.exists():
@@ -234,21 +239,21 @@ def train(
     classes: Annotated[int, typer.Option(help="2 (COVID-19 vs rest), 3 (normal, COVID-19, other) or 4.")],
     data: Annotated[Path, typer.Option(help="Preprocessed folder.")] = folders.PREPROCESSED,
     out: Annotated[Optional[Path], typer.Option(help="Run folder.", show_default="runs/<model>-<scenario>")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size (the paper: 10).")] = 10,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = TrainingSpec.epochs,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size (the paper: 10).")] = TrainingSpec.batch_size,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.", show_default="the recipe's: 1e-4 paper, 3e-4 small-data")] = None,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation loss.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, order and augmentation.")] = 0,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (found offline first).")] = True,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation loss.")] = TrainingSpec.patience,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, order and augmentation.")] = TrainingSpec.seed,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (found offline first).")] = TrainingSpec.pretrained,
     weights: Annotated[Optional[Path], typer.Option(help="Pretrained backbone weights (.safetensors or .pth).")] = None,
     trainable_blocks: Annotated[Optional[str], typer.Option(help="Fine-tune the last N backbone blocks, or 'all'.", show_default="the recipe's: 4 paper, all small-data")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Network input side.", show_default="the model's pretrained configuration")] = None,
-    dropout: Annotated[float, typer.Option(help="Dropout of the 128-unit head.")] = 0.5,
+    dropout: Annotated[float, typer.Option(help="Dropout of the 128-unit head.")] = ModelSpec.dropout,
     fold: Annotated[Optional[int], typer.Option(help="Validate on this cross-validation fold instead of the val split.")] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Train every fold into RUN/fold-K/ and summarise mean and std.")] = False,
     class_constant: Annotated[Optional[list[str]], typer.Option("--class-constant", metavar="CLASS=NUMBER", help="Eq. 1 constant C_c, e.g. covid19=2 (repeatable).")] = None,
     select_by: Annotated[Optional[SelectBy], typer.Option(help="Keep the best epoch by validation loss or AUC.", show_default="the recipe's: loss paper, auc small-data")] = None,
-    recipe: Annotated[Recipe, typer.Option(help="paper (Adam, last blocks, no augmentation but the oversampled copies) or small-data (AdamW, warm-up and cosine, all blocks with layer-wise decay, augmentation, label smoothing, weight averaging).")] = Recipe.paper,
+    recipe: Annotated[Recipe, typer.Option(help="paper (Adam, last blocks, no augmentation but the oversampled copies) or small-data (AdamW, warm-up and cosine, all blocks with layer-wise decay, augmentation, label smoothing, weight averaging).")] = TrainingSpec.recipe,
     augment: Annotated[Optional[Augment], typer.Option(help="Override the recipe's augmentation: copies (the paper's), none, light or strong.", show_default="the recipe's: copies paper, light small-data")] = None,
     exclude_source: Annotated[Optional[list[str]], typer.Option("--exclude-source", metavar="SOURCE", help="Leave this source out of training and validation (repeatable): leave-one-source-out experiments.")] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
@@ -257,9 +262,10 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to RUN/tensorboard (needs cxrclf[tensorboard]).")] = False,
     operating_point: Annotated[str, typer.Option("--operating-point", metavar="RULE", help="How each class's decision threshold is chosen on validation and stored in the run: youden (Youden's J) or sensitivity=S (reach validation sensitivity S, e.g. sensitivity=0.9).")] = "youden",
+    unlearn_source: Annotated[float, typer.Option("--unlearn-source", metavar="WEIGHT", help="Unlearn the source archive: a per-class source adversary behind gradient reversal on the pooled features, reversed at this strength (ramped up over training; e.g. 0.3). 0: off, the paper's training.")] = 0.0,
 ) -> None:
     """Fine-tune a model on the preprocessed data: the paper's six scenarios and more."""
-    from cxrclf.console import console, path_line, status, train_display, wrote
+    from cxrclf.console import console, path_line, status, train_display, train_summary
 
     quiet = int(os.environ.get("RANK", "0")) != 0
     with status("loading PyTorch", quiet=quiet):
@@ -279,7 +285,7 @@ def train(
         image_size=image_size, dropout=dropout, recipe=recipe, augment=augment,
         fold=fold, class_constants=_class_constants(class_constant or []), select_by=select_by, exclude_sources=tuple(exclude_source or ()),
         device=device, threads=threads,
-        resume=resume, overwrite=overwrite, tensorboard=tensorboard, operating_point=operating_point,
+        resume=resume, overwrite=overwrite, tensorboard=tensorboard, operating_point=operating_point, unlearn_source=unlearn_source,
     )
     if not quiet:
         path_line(f"reading {data}")
@@ -291,10 +297,7 @@ def train(
             return
         summary = run_train(options, **callbacks)
     if not quiet:
-        outcome = summary["outcome"]
-        best = outcome["best"] or {}
-        console.print(f"best epoch {outcome['best_epoch']} of {outcome['epochs_run']}: val loss {best.get('val_loss')}, val AUC {best.get('val_auc')}")
-        wrote([summary["run"]], label="wrote the run (config.json, model.safetensors, metrics.csv, train.log)")
+        train_summary(summary.config, summary.run)
 
 
 @app.command()
@@ -319,9 +322,10 @@ def evaluate(
 ) -> None:
     """Metrics with intervals, calibration, per-source breakdown, plots and a report; or a scenario table."""
     from cxrclf import io
-    from cxrclf.console import console, evaluation_table, status, wrote
+    from cxrclf.console import evaluation_summary, status
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate as run_evaluate
     from cxrclf.evaluate.report import scenario_markdown, scenario_rows
+    from cxrclf.explain.in_lung import lung_attention
     from cxrclf.threads import use_threads
 
     use_threads(threads)
@@ -335,24 +339,12 @@ def evaluate(
     for run in targets:
         options = EvaluateOptions(run=run, data=data, split=split, bootstrap=bootstrap, seed=seed, sensitivity=sensitivity,
                                   out=None if table else out, overwrite=overwrite, allow_unfinished=allow_unfinished, tta=tta, device=device, workers=max(1, workers),
-                                  lung_model=lung_model)
+                                  lung_model=lung_model, lung_attention=lung_attention)
         with status(f"evaluating {run or 'the latest run'} on its {split.value} split" if data is None else f"evaluating {run or 'the latest run'} on {data}",
                     quiet=as_json):
             results.append(run_evaluate(options))
         if not as_json and not table:
-            console.print(evaluation_table(results[-1]))
-            for source, found in (results[-1].get("shift") or {}).get("per_source", {}).items():
-                if found["tested"] and found["shifted"]:
-                    console.print(f"[yellow]warning:[/yellow] batch shift test: the {found['images']} images of {source} differ from the run's "
-                                  f"validation images (p = {found['p_value']:.4f}, domain classifier AUC {found['effect']:.2f})", highlight=False)
-            attention = results[-1].get("lung_attention")
-            if attention:
-                share = attention["overall"]["in_lung_share"]
-                console.print("Grad-CAM inside the lung fields: " + ("n/a" if share is None else f"{share:.0%} on average"))
-                for warning in attention["warnings"]:
-                    console.print(f"[yellow]warning:[/yellow] {warning}")
-            wrote([f"{results[-1]['out']}/report.md", f"{results[-1]['out']}/report.html"],
-                  label="wrote (metrics.json, predictions.csv and figures beside them; report.html is one self-contained page)")
+            evaluation_summary(results[-1])
     if table:
         rows = scenario_rows(results)
         table_csv = io.csv_text(list(rows[0]), [list(r.values()) for r in rows])
@@ -362,7 +354,7 @@ def evaluate(
         typer.echo((io.json_text(rows) if as_json else scenario_markdown(rows) if table_format is TableFormat.md else table_csv).rstrip("\n"))
         return
     if as_json:
-        typer.echo(io.json_text(results[0]).rstrip("\n"))
+        typer.echo(io.json_text(results[0].to_dict() | {"out": results[0].out}).rstrip("\n"))
 
 
 @app.command()
@@ -418,56 +410,21 @@ def predict(
             use_threads(threads)
             predictor = load_predictor(run, device, allow_unfinished=allow_unfinished, tta=tta)
     if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
-        from cxrclf.preprocess.lung import segmenter_for
+        from cxrclf.segment.run import segmenter_for
 
         segmenter_for(predictor.params)
     with status(f"classifying {len(files)} image{'s' if len(files) != 1 else ''}", quiet=as_json):
         results = predict_files(predictor, files, batch_size=max(1, batch_size), workers=max(1, workers), withhold_flagged=withhold_flagged)
     if csv_file:
-        io.write_text(csv_file, results_csv(results, predictor.class_names))
-    shift = results.shift
-    if shift["tested"] and shift["shifted"]:  # on stderr, so that --json stays one array of records
-        from cxrclf.console import warn
-        from cxrclf.guard.shift import describe
+        io.write_text(csv_file, results_csv(results))
+    from cxrclf.console import batch_shift_warning, predictions_summary
 
-        warn(run, f"these {shift['images']} images, as a batch, differ from the run's validation images ({describe(shift)}): "
-                  "its validation metrics may not hold for them")
+    batch_shift_warning(run, results.shift)  # on stderr, so that --json stays one array of records
     if as_json:
-        typer.echo(io.json_text(results).rstrip("\n"))
+        typer.echo(io.json_text(results.to_list()).rstrip("\n"))
     else:
-        from cxrclf.console import console, heading, prediction_rows, warn, wrote
-
-        point = predictor.operating_point
-        rows = []
-        for r in results:
-            if "error" in r:
-                warn(r["file"], r["error"], kind="error")
-                continue
-            for warning in r["warnings"]:
-                warn(r["file"], warning)
-            label = r["predicted"] or "withheld"
-            score = "n/a" if r["ood_score"] is None else f"{r['ood_score']:.1f}" + (" !" if r["in_distribution"] is False else "")
-            positive = [] if point is None else ["+".join(r["positive"]) or "none" if r["positive"] is not None else "withheld"]
-            rows.append((r["file"], [label if r["in_distribution"] is not False else f"{label} (flagged)", *positive,
-                                     *(f"{r['probabilities'][c]:.3f}" for c in predictor.class_names), score]))
-        if rows:
-            heading("Predictions of", run)
-            prediction_rows("file", ["predicted", *(["at threshold"] if point is not None else []), *predictor.class_names, "OOD score"], rows)
-        if predictor.guard is None:
-            console.print("note: this run carries no out-of-distribution guard (trained before cxrclf had one); only the input checks ran")
-        if point is None:
-            console.print("note: " + ("a fold ensemble has no operating point (each fold's thresholds fit its own probabilities, not their average)"
-                                      if hasattr(predictor, "members") or getattr(predictor, "member_count", 1) > 1 else "this run stores no operating point (trained before cxrclf stored one)")
-                          + "; only the most probable class is given", highlight=False, markup=False)
-        from cxrclf.guard.shift import MIN_IMAGES, describe
-
-        if shift["tested"] and not shift["shifted"]:
-            console.print(f"batch shift test: no shift from the run's validation images detected ({describe(shift)})", highlight=False, markup=False)
-        elif not shift["tested"] and shift["images"] >= MIN_IMAGES:  # fewer images are not tested, silently
-            console.print(f"note: no batch shift test: {shift['reason']}", highlight=False, markup=False)
-        if csv_file:
-            wrote([csv_file])
-    if any("error" in r for r in results):
+        predictions_summary(results, run, csv_file)
+    if results.failed:
         raise typer.Exit(1)
 
 
@@ -496,7 +453,7 @@ def shift(
 
         predictor = load_predictor(run, device, allow_unfinished=allow_unfinished)
     if predictor.params.uses_lungs:  # a moved or changed lung segmenter: one error, not one per image
-        from cxrclf.preprocess.lung import segmenter_for
+        from cxrclf.segment.run import segmenter_for
 
         segmenter_for(predictor.params)
     with status(f"testing {len(files)} image{'s' if len(files) != 1 else ''}", quiet=as_json):
@@ -599,22 +556,14 @@ def explain(
     with progress_bar("LIME samples", quiet=as_json, unit="images") as update:
         result = explain_image(predictor, image, method=method, target=target, num_samples=num_samples, seed=seed, out=out,
                                overwrite=overwrite, lung_model=lung_model, progress=update)
-    result.pop("attribution")
     if as_json:
         from cxrclf import io
 
-        typer.echo(io.json_text(result).rstrip("\n"))
+        typer.echo(io.json_text(result.to_dict()).rstrip("\n"))
         return
-    from cxrclf.console import console, indented, path_line, warn, wrote
+    from cxrclf.console import explanation_summary
 
-    for warning in result["warnings"]:
-        warn(image, warning)
-    path_line(image)
-    indented(f"predicted {result['predicted']} (" + ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items()) + f"); explained {result['target']} with {method.value}", 2)
-    if result["lung_model"] is not None:
-        share = result["in_lung_share"]
-        console.print("no positive attribution to place" if share is None else f"{share:.0%} of the positive attribution lies inside the lung fields")
-    wrote([result["out"]])
+    explanation_summary(result)
 
 
 @app.command()
@@ -634,10 +583,10 @@ def demo(
     result = run_demo(out, seed=seed, settings=replace(DemoSettings(), epochs=epochs), overwrite=overwrite, announce=announce, train_display=train_display)
     evaluated = result.stages["evaluate"]
     console.print(evaluation_table(evaluated))
-    wrote([f"{evaluated['out']}/report.md", f"{evaluated['out']}/report.html", result.stages["card"], *result.stages["explain"]],
+    wrote([f"{evaluated.out}/report.md", f"{evaluated.out}/report.html", result.stages["card"], *result.stages["explain"]],
           label="report (figures beside it; report.html is one self-contained page), model card and explanations")
     console.print("next:")
-    path_line(f"  cxrclf predict IMAGE --model {result.stages['train']['run']}")
+    path_line(f"  cxrclf predict IMAGE --model {result.stages['train'].run}")
 
 
 class _SegmentGroup(TyperGroup):
@@ -659,32 +608,31 @@ app.add_typer(segment_app, name="segment")
 def segment_train(
     nlm: Annotated[Optional[Path], typer.Option(help="NLM folder with lung masks: Montgomery (ManualMask/leftMask, rightMask) and/or Shenzhen (mask/*_mask.png).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="A CSV of image,mask[,patient_id] pairs (paths relative to the CSV).")] = None,
-    out: Annotated[Path, typer.Option(help="Segmentation run folder.")] = Path("runs/lung"),
-    encoder: Annotated[str, typer.Option(help="timm encoder (features_only mode).")] = "tf_efficientnet_lite0",
-    image_size: Annotated[int, typer.Option(help="Network input side, a multiple of 32.")] = 128,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 40,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay over the epochs).")] = 1e-3,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation Dice.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialisation, order and augmentation.")] = 0,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (found offline first).")] = True,
+    out: Annotated[Path, typer.Option(help="Segmentation run folder.")] = DEFAULT_RUN,
+    encoder: Annotated[str, typer.Option(help="timm encoder (features_only mode).")] = DEFAULT_ENCODER,
+    image_size: Annotated[int, typer.Option(help="Network input side, a multiple of 32.")] = DEFAULT_INPUT_SIZE,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = SegmentTraining.epochs,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = SegmentTraining.batch_size,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay over the epochs).")] = SegmentTraining.lr,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better validation Dice.")] = SegmentTraining.patience,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split, initialisation, order and augmentation.")] = SegmentTraining.seed,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start the encoder from ImageNet weights (found offline first).")] = SegmentTraining.pretrained,
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights (.safetensors or .pth) instead of the search.")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, scale, shift, gamma, contrast and noise on training images.")] = True,
-    val_frac: Annotated[float, typer.Option(help="Fraction of patients for validation (choosing the best epoch).")] = 0.15,
-    test_frac: Annotated[float, typer.Option(help="Fraction of patients held out for the Dice and IoU in the run folder.")] = 0.2,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random rotation, scale, shift, gamma, contrast and noise on training images.")] = SegmentTraining.augment,
+    val_frac: Annotated[float, typer.Option(help="Fraction of patients for validation (choosing the best epoch).")] = SegmentData.val_frac,
+    test_frac: Annotated[float, typer.Option(help="Fraction of patients held out for the Dice and IoU in the run folder.")] = SegmentData.test_frac,
     threads: Annotated[Optional[int], typer.Option("--threads", "--workers", min=1, help=_THREADS_HELP, show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing segmentation run folder.")] = False,
 ) -> None:
     """Train the lung segmenter on X-rays with lung masks; Dice and IoU on held-out patients."""
-    from cxrclf.console import console
-    from cxrclf.segment.display import training_display
+    from cxrclf.console import console, segment_train_display
     from cxrclf.segment.train import SegmentTrainOptions, train_segmenter
 
     options = SegmentTrainOptions(nlm=nlm, masks=masks, out=out, encoder=encoder, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                   patience=patience, seed=seed, pretrained=pretrained, weights=weights, augment=augment, val_frac=val_frac,
                                   test_frac=test_frac, threads=threads, resume=resume, overwrite=overwrite)
-    with training_display(epochs) as callbacks:
+    with segment_train_display(epochs) as callbacks:
         summary = train_segmenter(options, **callbacks)
     outcome = summary["outcome"]
     for split in ("val", "test"):
@@ -706,14 +654,13 @@ def segment_apply(
 ) -> None:
     """Lung masks (0/255 PNG, the image's size) and overlays for X-ray images; flags images without a pair of lung fields."""
     from cxrclf import io
-    from cxrclf.console import console, errors, progress_bar
+    from cxrclf.console import console, errors, progress_bar, segment_results_table
     from cxrclf.predict import collect_inputs
     from cxrclf.segment.run import resolve_segment_run
 
     files = collect_inputs(inputs)
     run = resolve_segment_run(model)
     io.refuse_overlap(out, [*inputs, run.path])  # before the segmenter loads: masks among the X-rays would be segmented next time
-    from cxrclf.segment.display import results_table
     from cxrclf.segment.infer import Segmenter, segment_files
 
     segmenter = Segmenter(run)
@@ -725,7 +672,7 @@ def segment_apply(
         for r in results:
             if r.get("warning"):
                 errors.print(f"cxrclf: warning: {r['file']}: {r['warning']}", highlight=False, markup=False)
-        console.print(results_table(results, f"Lung fields by {run.path}"))
+        console.print(segment_results_table(results, f"Lung fields by {run.path}"))
         console.print(f"wrote {out}/ (<image>.mask.png, <image>.overlay.png)")
     if any("error" in r for r in results):
         raise typer.Exit(1)

@@ -13,10 +13,11 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager
 
 from cxrclf import io
 from cxrclf.errors import CxrclfError
+from cxrclf.threads import torch_threads
 
 __all__ = ["MODEL", "DemoResult", "DemoSettings", "PERFECT_SCORES_NOTE", "run_demo"]
 
@@ -66,23 +67,10 @@ def run_demo(out: Path, seed: int = 0, settings: DemoSettings = DemoSettings(), 
         return _stages(out, seed, settings, announce, train_display or (lambda epochs: contextlib.nullcontext({})))
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """PyTorch's thread count for the demo, restored afterwards (the library may be used in a longer-lived process)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_display) -> DemoResult:
     from cxrclf.data import audit, synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     workers = os.cpu_count() or 1
@@ -95,8 +83,8 @@ def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_displa
     report = fuse(FuseOptions(cohen=sources["cohen"], rsna=sources["rsna"], nlm=sources["nlm"], seed=seed, workers=workers), fused)
     result.stages["fuse"] = report
     announce("fuse", f"{report['images']} images of {report['patients']} patients, split by patient", fused)
-    for finding, source in report["single_source_findings"].items():
-        announce("warning", f"every {finding} image comes from {source}: a model can learn the source instead of the finding")
+    for line in report["confounding"]["warnings"]:
+        announce("warning", line)
     found = audit.audit(fused)
     result.stages["audit"] = found
     if found["leakage"]:
@@ -113,13 +101,13 @@ def _stages(out: Path, seed: int, settings: DemoSettings, announce, train_displa
     with train_display(settings.epochs) as callbacks:
         from cxrclf.train.loop import TrainOptions, train  # imports PyTorch: inside the display, whose spinner shows meanwhile
 
-        with _torch_threads(settings.threads):
+        with torch_threads(settings.threads):
             trained = train(TrainOptions(model=MODEL, strategy="oversample", classes=4, data=prepared, out=run_dir, epochs=settings.epochs,
                                          patience=settings.epochs, batch_size=16, lr=2e-3, seed=seed, image_size=settings.size,
                                          threads=settings.threads), **{k: v for k, v in callbacks.items() if k != "on_info"})
     result.stages["train"] = trained
-    announce("train", f"best epoch {trained['outcome']['best_epoch']} of {trained['outcome']['epochs_run']}", run_dir)
-    with _torch_threads(settings.threads):
+    announce("train", f"best epoch {trained.config.outcome.best_epoch} of {trained.config.outcome.epochs_run}", run_dir)
+    with torch_threads(settings.threads):
         _use_the_run(out, seed, settings, announce, prepared, sources, run_dir, result)
     return result
 
@@ -132,21 +120,20 @@ def _use_the_run(out: Path, seed: int, settings: DemoSettings, announce, prepare
     from cxrclf.evaluate.html import write_html
 
     evaluated = evaluate(EvaluateOptions(run=run_dir, bootstrap=settings.bootstrap, seed=seed, workers=os.cpu_count() or 1))
-    _add_note(Path(evaluated["out"]) / "report.md", PERFECT_SCORES_NOTE)
-    write_html(Path(evaluated["out"]) / "report.md")  # again, with the note
+    _add_note(Path(evaluated.out) / "report.md", PERFECT_SCORES_NOTE)
+    write_html(Path(evaluated.out) / "report.md")  # again, with the note
     result.stages["evaluate"] = evaluated
-    interval = evaluated["intervals"]["macro_auc"]
-    perfect = " (perfect, as expected on phantoms: the report says why)" if evaluated["point"]["macro_auc"] == 1.0 else ""
-    announce("evaluate", f"test macro AUC {evaluated['point']['macro_auc']:.3f}, 95% CI {interval[0]:.3f}-{interval[1]:.3f}{perfect}",
-             Path(evaluated["out"]) / "report.html")
-    result.stages["card"] = write_card(run_dir, [Path(evaluated["out"])])
+    interval, macro_auc = evaluated.metrics.interval("macro_auc"), evaluated.metrics.point["macro_auc"]
+    perfect = " (perfect, as expected on phantoms: the report says why)" if macro_auc == 1.0 else ""
+    announce("evaluate", f"test macro AUC {macro_auc:.3f}, 95% CI {interval[0]:.3f}-{interval[1]:.3f}{perfect}", Path(evaluated.out) / "report.html")
+    result.stages["card"] = write_card(run_dir, [Path(evaluated.out)])
     announce("card", "the run's model card: intended use, data, metrics per source, shortcuts, guard, failure modes", result.stages["card"])
 
     from cxrclf.explain.explain import explain_image
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
     from cxrclf.predict import predict_files
 
-    predictor = Predictor(run_dir, "cpu")
+    predictor = RunPredictor(run_dir, "cpu")
     test_rows = __import__("pandas").read_csv(prepared / "manifest.csv").query("split == 'test'")
     folder_of = {"cohen": sources["cohen"], "rsna": sources["rsna"], "montgomery": sources["nlm"]}
     originals = [folder_of[row.source] / row.source_file for row in test_rows.drop_duplicates("finding").itertuples()]
@@ -154,18 +141,18 @@ def _use_the_run(out: Path, seed: int, settings: DemoSettings, announce, prepare
     predictions = predict_files(predictor, [*originals, photograph], workers=1)
     result.stages["predict"] = predictions
     for p in predictions:
-        if "error" in p:
-            raise CxrclfError(f"the demo could not classify its own image ({p['error']})", p["file"])
-        flag = "  FLAGGED: " + "; ".join(p["warnings"]) if p["warnings"] else ""
-        announce("predict", f"{p['predicted']} ({max(p['probabilities'].values()):.2f}){flag}", p["file"])
+        if p.error is not None:
+            raise CxrclfError(f"the demo could not classify its own image ({p.error})", p.file)
+        flag = "  FLAGGED: " + "; ".join(p.warnings) if p.warnings else ""
+        announce("predict", f"{p.predicted} ({max(p.probabilities.values()):.2f}){flag}", p.file)
 
     explanations = out / "explanations"
-    covid = next((Path(p["file"]) for p in predictions if "cohen" in p["file"] and p["predicted"] == "covid19"), originals[0])
+    covid = next((Path(p.file) for p in predictions if "cohen" in p.file and p.predicted == "covid19"), originals[0])
     pictures = []
     for method in ("lime", "gradcam"):
         explained = explain_image(predictor, covid, method=method, num_samples=settings.lime_samples, seed=seed,
                                   out=explanations / f"{covid.stem}.{method}.png")
-        pictures.append(explained["out"])
+        pictures.append(explained.out)
     result.stages["explain"] = pictures
     announce("explain", f"LIME ({settings.lime_samples} samples) and Grad-CAM of {covid.name}", explanations)
 

@@ -12,7 +12,7 @@ The export verifies itself before anything is put in place: the files are writte
 hidden folder beside the output, read back through :class:`cxrclf.runtime.OnnxPredictor`,
 and run on real images (the run's own data where it is still there, else phantoms put
 through the run's preprocessing) and on two extreme planes (black, noise); onnxruntime's
-probabilities must agree with PyTorch's (:meth:`cxrclf.inference.Predictor.assess`) to
+probabilities must agree with PyTorch's (:meth:`cxrclf.inference.RunPredictor.assess`) to
 ``tolerance``, or the export fails and says by how much. The verification's figures are
 recorded in the sidecar.
 
@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from cxrclf import __version__, io
 from cxrclf.errors import CxrclfError
 from cxrclf.runs import RunFolder
 from cxrclf.runtime import FORMAT, FORMAT_VERSION, INPUT, OUTPUTS, export_files
+
+if TYPE_CHECKING:
+    from cxrclf.inference import FoldEnsemble, RunPredictor
 
 __all__ = ["OPSET", "TOLERANCE", "export_onnx"]
 
@@ -57,13 +61,13 @@ def export_onnx(run: RunFolder | Path, out: Path, overwrite: bool = False, toler
     if out.suffix.lower() != ".onnx":
         raise CxrclfError("the output must be an .onnx file (its sidecar MODEL.json and the guard's files are written beside it)", out)
     predictor = load_predictor(folder, "cpu", allow_unfinished=allow_unfinished)
-    members = getattr(predictor, "members", [predictor])
+    members = predictor.members
     files = export_files(out, len(members), guard=predictor.guard is not None, reference=predictor.shift_reference() is not None)
     for path in files.values():  # the run, its folds and its lung segmenter are inputs: no output may lie inside them
         io.check_output_file(path, folder.reads(), overwrite=overwrite)
 
     network = _export_graph([member.model for member in members], predictor.in_chans, predictor.input_size)
-    document = _sidecar(predictor, members, files, folder)
+    document = _sidecar(predictor, files, folder)
     stage = Path(tempfile.mkdtemp(dir=_parent(out), prefix=f".{out.name}.partial-"))
     try:
         staged = {role: stage / path.name for role, path in files.items()}
@@ -137,38 +141,16 @@ def _export_graph(models: list, in_chans: int, input_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _sidecar(predictor, members: list, files: dict[str, Path], folder: RunFolder) -> dict:
+def _sidecar(predictor: RunPredictor | FoldEnsemble, files: dict[str, Path], folder: RunFolder) -> dict:
     """Everything inference needs besides the network, and where the network came from (hashes filled in once written)."""
     import onnxruntime
     import torch
 
     config = predictor.config
-    count = len(members)
-    shape = ["batch", count] if count > 1 else ["batch"]
-    guard = None
-    if predictor.guard is not None:
-        guard = {
-            "kind": config.guard.kind, "quantile": config.guard.quantile, "feature_dim": config.guard.feature_dim,
-            "threshold": predictor.guard_threshold,
-            "score": ("the Mahalanobis distance of the pooled features to the nearest class mean" if count == 1 else
-                      f"the mean over {count} folds of each fold's score divided by its own threshold"),
-            "flagged": "score above threshold",
-            "members": [{"file": files[f"guard-{k}"].name, "threshold": float(m.guard.threshold), "val_flag_rate": m.config.guard.val_flag_rate}
-                        for k, m in enumerate(members)],
-        }
-    reference = None
-    if predictor.shift_reference() is not None:
-        held = predictor.shift_reference()
-        reference = {"file": files["reference"].name, "images": len(held), "sources": held.counts, "feature_dim": held.feature_dim,
-                     "network": "fold 0's" if count > 1 else "the run's"}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model": {
-            "file": files["onnx"].name, "sha256": "", "architecture": config.model.name, "label": config.model.label, "opset": OPSET,
-            "input": {"name": INPUT, "shape": ["batch", predictor.in_chans, predictor.input_size, predictor.input_size], "dtype": "float32"},
-            "outputs": {"logits": [*shape, len(predictor.class_names)], "features": [*shape, int(members[0].model.num_features)]},
-        },
-        "members": count,
+        "model": _model_entry(predictor, files),
+        "members": predictor.member_count,
         "class_names": list(predictor.class_names),
         "input": {
             "size": predictor.input_size, "channels": predictor.in_chans, "mean": list(config.model.mean), "std": list(config.model.std),
@@ -178,15 +160,56 @@ def _sidecar(predictor, members: list, files: dict[str, Path], folder: RunFolder
         },
         "preprocess": predictor.params.to_dict(),
         "trained_views": list(predictor.trained_views),
-        "guard": guard,
-        "reference": reference,
+        "guard": _guard_entry(predictor, files),
+        "reference": _reference_entry(predictor, files),
         "operating_point": None if predictor.operating_point is None else predictor.operating_point.to_dict(),
-        "source_run": {
-            "path": str(folder.path.resolve()), "kind": "fold ensemble" if count > 1 else "run", "scenario": config.scenario,
-            "members": [{"path": str(m.folder.path.resolve()), "config_sha256": io.sha256_file(m.folder.file(RunFolder.CONFIG)),
-                         "weights_sha256": io.sha256_file(m.folder.file(RunFolder.WEIGHTS))} for m in members],
-        },
+        "source_run": _source_entry(predictor, folder),
         "versions": {"cxrclf": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def _model_entry(predictor: RunPredictor | FoldEnsemble, files: dict[str, Path]) -> dict:
+    """The graph: its file, architecture, input and outputs (one slice per fold on dimension 1 for an ensemble)."""
+    config, count = predictor.config, predictor.member_count
+    shape = ["batch", count] if count > 1 else ["batch"]
+    return {
+        "file": files["onnx"].name, "sha256": "", "architecture": config.model.name, "label": config.model.label, "opset": OPSET,
+        "input": {"name": INPUT, "shape": ["batch", predictor.in_chans, predictor.input_size, predictor.input_size], "dtype": "float32"},
+        "outputs": {"logits": [*shape, len(predictor.class_names)], "features": [*shape, int(predictor.members[0].model.num_features)]},
+    }
+
+
+def _guard_entry(predictor: RunPredictor | FoldEnsemble, files: dict[str, Path]) -> dict | None:
+    """The guard's settings and each member's detector file and threshold; None for a run without a guard."""
+    if predictor.guard is None:
+        return None
+    config, count = predictor.config, predictor.member_count
+    return {
+        "kind": config.guard.kind, "quantile": config.guard.quantile, "feature_dim": config.guard.feature_dim,
+        "threshold": predictor.guard_threshold,
+        "score": ("the Mahalanobis distance of the pooled features to the nearest class mean" if count == 1 else
+                  f"the mean over {count} folds of each fold's score divided by its own threshold"),
+        "flagged": "score above threshold",
+        "members": [{"file": files[f"guard-{k}"].name, "threshold": float(m.guard.threshold), "val_flag_rate": m.config.guard.val_flag_rate}
+                    for k, m in enumerate(predictor.members)],
+    }
+
+
+def _reference_entry(predictor: RunPredictor | FoldEnsemble, files: dict[str, Path]) -> dict | None:
+    """The batch shift test's reference (fold 0's for an ensemble); None for a run that stores none."""
+    held = predictor.shift_reference()
+    if held is None:
+        return None
+    return {"file": files["reference"].name, "images": len(held), "sources": held.counts, "feature_dim": held.feature_dim,
+            "network": "fold 0's" if predictor.member_count > 1 else "the run's"}
+
+
+def _source_entry(predictor: RunPredictor | FoldEnsemble, folder: RunFolder) -> dict:
+    """The exported run's identity: its folder, scenario, and each member's config.json and weights (sha256)."""
+    return {
+        "path": str(folder.path.resolve()), "kind": "fold ensemble" if predictor.member_count > 1 else "run", "scenario": predictor.config.scenario,
+        "members": [{"path": str(m.folder.path.resolve()), "config_sha256": io.sha256_file(m.folder.file(RunFolder.CONFIG)),
+                     "weights_sha256": io.sha256_file(m.folder.file(RunFolder.WEIGHTS))} for m in predictor.members],
     }
 
 
@@ -215,11 +238,12 @@ def verification_planes(predictor, folder: RunFolder, count: int = VERIFY_IMAGES
         from cxrclf.data import synthetic
         from cxrclf.models.inputs import to_model_plane
         from cxrclf.preprocess.pipeline import preprocess_image
+        from cxrclf.segment.run import segmenter_for
 
         rng = np.random.default_rng(0)
         for index in range(count):
             image = synthetic.to_uint8(synthetic.phantom(synthetic.FINDINGS[index % len(synthetic.FINDINGS)], rng, 2 * predictor.input_size).image)
-            planes.append(to_model_plane(preprocess_image(image, predictor.params), predictor.input_size))
+            planes.append(to_model_plane(preprocess_image(image, predictor.params, segmenter_for(predictor.params)), predictor.input_size))
         origin = f"{count} synthetic phantoms through the run's preprocessing (the run's data folder {data} was not found)"
     size = predictor.input_size
     extremes = [np.zeros((size, size), np.uint8), np.random.default_rng(1).integers(0, 256, (size, size), dtype=np.uint8)]

@@ -1,14 +1,19 @@
 """A trained run as a function from images to class probabilities: the one inference path.
 
-``evaluate``, ``predict`` and ``explain`` all go through :class:`Predictor`, so an image
+``evaluate``, ``predict`` and ``explain`` all go through a :class:`Predictor`, so an image
 gets the same probabilities whichever command asks (predict's numbers equal the row of
-evaluate's predictions.csv).
+evaluate's predictions.csv). :class:`Predictor` is the interface; :class:`RunPredictor` (one
+run folder) and :class:`FoldEnsemble` (the folds of a cross-validation parent, averaged)
+implement it with PyTorch, :class:`cxrclf.runtime.OnnxPredictor` (an exported run) with
+onnxruntime. Both PyTorch predictors also hold their networks as :attr:`~RunPredictor.members`
+(Grad-CAM and the export read each network).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,8 +24,14 @@ from cxrclf.models.inputs import model_input, to_model_plane
 from cxrclf.planes import plane_from_file  # the torch-free path from a file to the input plane; imported here as before
 from cxrclf.preprocess.params import PreprocessParams
 from cxrclf.runs import RunFolder
+from cxrclf.runtime import Assessment, average_members
 
-__all__ = ["FoldEnsemble", "MAX_TTA", "Predictor", "load_predictor", "plane_from_file", "tta_grid"]
+if TYPE_CHECKING:
+    from cxrclf.guard.detector import Detector
+    from cxrclf.guard.shift import Reference
+    from cxrclf.runs import OperatingPoint
+
+__all__ = ["Assessment", "FoldEnsemble", "MAX_TTA", "Predictor", "RunPredictor", "load_predictor", "plane_from_file", "tta_grid"]
 
 # Test-time augmentation: fixed small shifts (fractions of the side) and scales, in this order;
 # view 0 is the image itself, so N=1 is no augmentation.
@@ -45,8 +56,49 @@ def _feature_width(model: torch.nn.Module) -> int:
     return next(layer.in_features for layer in model.head.modules() if isinstance(layer, torch.nn.Linear))
 
 
-class Predictor:
-    """A finished run's model with its preprocessing, normalisation and classes (and guard, where it has one)."""
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``evaluate``, ``predict``, ``shift`` and ``explain`` ask of a predictor: one run, a fold ensemble, or an export.
+
+    ``member_count`` networks are averaged (1 for a run). :meth:`assess` is
+    :meth:`combine` of :meth:`assess_members`: evaluate keeps each member's probabilities to
+    show what averaging the folds buys. ``guard`` is None for a run trained without one; then
+    every score is NaN and nothing is flagged. ``operating_point`` is None for a fold ensemble
+    and for runs trained before runs stored one.
+    """
+
+    run: Path
+    params: PreprocessParams
+    class_names: list[str]
+    input_size: int
+    in_chans: int
+    trained_views: tuple[str, ...]
+    operating_point: OperatingPoint | None
+    guard: Detector | None
+
+    @property
+    def member_count(self) -> int: ...
+
+    @property
+    def guard_threshold(self) -> float | None: ...
+
+    def assess(self, planes: np.ndarray, batch_size: int = 32) -> Assessment: ...
+
+    def assess_members(self, planes: np.ndarray, batch_size: int = 32) -> list[Assessment]: ...
+
+    def combine(self, assessed: list[Assessment]) -> Assessment: ...
+
+    def flagged(self, scores: np.ndarray) -> np.ndarray: ...
+
+    def probabilities(self, planes: np.ndarray, batch_size: int = 32) -> np.ndarray: ...
+
+    def shift_reference(self) -> Reference | None: ...
+
+
+class RunPredictor:
+    """A finished run's model with its preprocessing, normalisation and classes (and guard, where it has one): a :class:`Predictor`."""
+
+    member_count = 1
 
     def __init__(self, run: Path | RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False, tta: int = 1):
         if not 1 <= tta <= MAX_TTA:
@@ -86,6 +138,8 @@ class Predictor:
             problems.append(f"it holds a {detector.kind} detector, config.json says {settings.kind}")
         if detector.threshold is None or not math.isclose(detector.threshold, settings.threshold, rel_tol=1e-6, abs_tol=1e-9):
             problems.append(f"its threshold {detector.threshold} differs from config.json's {settings.threshold}")
+        if detector.rule != settings.rule:
+            problems.append(f"its threshold rule is {detector.rule}, config.json says {settings.rule}")
         fitted_on = getattr(detector, "feature_dim", None)
         if fitted_on is not None and fitted_on != network:
             problems.append(f"it was fitted on {fitted_on} features per image, the run's network gives {network}")
@@ -119,8 +173,9 @@ class Predictor:
     def plane_from_decoded(self, image: np.ndarray) -> np.ndarray:
         """A decoded X-ray (any size, uint8/uint16) -> the model's uint8 input plane."""
         from cxrclf.preprocess.pipeline import preprocess_image
+        from cxrclf.segment.run import segmenter_for
 
-        return to_model_plane(preprocess_image(image, self.params), self.input_size)
+        return to_model_plane(preprocess_image(image, self.params, segmenter_for(self.params)), self.input_size)
 
     def plane_from_preprocessed(self, image: np.ndarray) -> np.ndarray:
         return to_model_plane(image, self.input_size)
@@ -130,8 +185,20 @@ class Predictor:
         x = planes if isinstance(planes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(planes))
         return model_input(x.to(self.device), self.in_chans, self.mean, self.std)
 
+    @property
+    def members(self) -> list["RunPredictor"]:
+        """The networks this predictor averages: itself."""
+        return [self]
+
+    def assess_members(self, planes: np.ndarray, batch_size: int = 32) -> list[Assessment]:
+        return [self.assess(planes, batch_size)]
+
+    def combine(self, assessed: list[Assessment]) -> Assessment:
+        (only,) = assessed
+        return only
+
     @torch.inference_mode()
-    def assess(self, planes: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assess(self, planes: np.ndarray, batch_size: int = 32) -> Assessment:
         """(probabilities (N, classes), pooled features (N, F), out-of-distribution scores (N,), NaN without a guard).
 
         One forward pass per batch gives both the probabilities (equal to :meth:`probabilities`)
@@ -155,10 +222,10 @@ class Predictor:
             probabilities.append((probability / self.tta).cpu().numpy())
             features.append(pooled.float().cpu().numpy())
         if not probabilities:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), np.zeros(0)
+            return Assessment(np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), np.zeros(0))
         probabilities, features = np.concatenate(probabilities), np.concatenate(features)
         scores = self.guard.score(features) if self.guard is not None else np.full(len(features), np.nan)
-        return probabilities, features, np.asarray(scores, dtype=np.float64)
+        return Assessment(probabilities, features, np.asarray(scores, dtype=np.float64))
 
     @property
     def guard_threshold(self) -> float | None:
@@ -183,7 +250,7 @@ class Predictor:
 
 
 class FoldEnsemble:
-    """The folds of a cross-validation parent run (``RUN/fold-K/``) as one predictor: their probabilities averaged.
+    """The folds of a cross-validation parent run (``RUN/fold-K/``) as one :class:`Predictor`: their probabilities averaged.
 
     Every fold must share the preprocessing, input size and classes (they do when one
     ``train --cv`` made them). The guard's score is each fold's score over its own
@@ -195,7 +262,7 @@ class FoldEnsemble:
     """
 
     def __init__(self, parent: RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False, tta: int = 1):
-        self.members = [Predictor(fold, device, allow_unfinished, tta) for fold in parent.fold_members()]
+        self.members: list[RunPredictor] = [RunPredictor(fold, device, allow_unfinished, tta) for fold in parent.fold_members()]
         first = self.members[0]
         for member in self.members[1:]:
             if (member.params, member.input_size, member.class_names, member.in_chans) != (first.params, first.input_size, first.class_names, first.in_chans):
@@ -211,25 +278,25 @@ class FoldEnsemble:
         """Fold 0's reference, to test fold 0's features (what :meth:`assess` returns)."""
         return self.members[0].shift_reference()
 
-    plane_from_decoded = Predictor.plane_from_decoded
-    plane_from_preprocessed = Predictor.plane_from_preprocessed
+    @property
+    def member_count(self) -> int:
+        return len(self.members)
+
+    plane_from_decoded = RunPredictor.plane_from_decoded
+    plane_from_preprocessed = RunPredictor.plane_from_preprocessed
 
     def tensor(self, planes):
         return self.members[0].tensor(planes)
 
-    def assess_members(self, planes: np.ndarray, batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def assess_members(self, planes: np.ndarray, batch_size: int = 32) -> list[Assessment]:
         return [member.assess(planes, batch_size) for member in self.members]
 
-    def combine(self, assessed: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        probabilities = np.mean([a[0] for a in assessed], axis=0)
-        if self.guard is None:
-            scores = np.full(len(probabilities), np.nan)
-        else:
-            scores = np.mean([a[2] / m.guard.threshold for a, m in zip(assessed, self.members)], axis=0)
-        return probabilities, assessed[0][1], scores
+    def combine(self, assessed: list[Assessment]) -> Assessment:
+        """The folds' probabilities averaged, fold 0's features, each fold's score over its own threshold averaged."""
+        return average_members(assessed, None if self.guard is None else [float(m.guard.threshold) for m in self.members])
 
-    def assess(self, planes: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As :meth:`Predictor.assess`; the score is in units of the folds' thresholds."""
+    def assess(self, planes: np.ndarray, batch_size: int = 32) -> Assessment:
+        """As :meth:`RunPredictor.assess`; the score is in units of the folds' thresholds."""
         return self.combine(self.assess_members(planes, batch_size))
 
     def flagged(self, scores: np.ndarray) -> np.ndarray:
@@ -245,8 +312,8 @@ class FoldEnsemble:
         return np.mean([member.probabilities(planes, batch_size) for member in self.members], axis=0)
 
 
-def load_predictor(run: RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False, tta: int = 1) -> "Predictor | FoldEnsemble":
+def load_predictor(run: RunFolder, device: Device | str = Device.auto, allow_unfinished: bool = False, tta: int = 1) -> RunPredictor | FoldEnsemble:
     """A run folder's predictor, or the average of its folds for a cross-validation parent (``RUN/fold-K/``)."""
     if not run.is_run and run.fold_runs():
         return FoldEnsemble(run, device, allow_unfinished, tta)
-    return Predictor(run, device, allow_unfinished, tta)
+    return RunPredictor(run, device, allow_unfinished, tta)

@@ -1,12 +1,12 @@
 """From an image file to the network's input plane: decode, input checks, the run's preprocessing, resize.
 
 The one path every consumer of a run takes, whichever backend then runs the network:
-:class:`cxrclf.inference.Predictor` (PyTorch) and :class:`cxrclf.runtime.OnnxPredictor`
+:class:`cxrclf.inference.RunPredictor` (PyTorch) and :class:`cxrclf.runtime.OnnxPredictor`
 (onnxruntime) both classify the planes this module makes. It imports neither torch nor
 timm, so that an environment with onnxruntime alone can predict (a run that crops to the
-lungs still needs PyTorch for its segmenter: :func:`cxrclf.preprocess.pipeline.preprocess_image`
-loads it; the lung-based input checks, :func:`cxrclf.guard.lungs.lung_warnings`, run only
-where PyTorch is installed).
+lungs still needs PyTorch for its segmenter, which :func:`cxrclf.segment.run.segmenter_for`
+loads and :func:`cxrclf.preprocess.pipeline.preprocess_image` is handed; the lung-based input
+checks, :func:`cxrclf.guard.lungs.lung_warnings`, run only where PyTorch is installed).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def plane_from_file(task: tuple) -> dict:
     from cxrclf.models.inputs import to_model_plane
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.preprocess.pipeline import preprocess_image
+    from cxrclf.segment.run import segmenter_for
 
     path, params, size, *views = task
     try:
@@ -39,7 +40,8 @@ def plane_from_file(task: tuple) -> dict:
         image = decoded.pixels
         if params is not None:  # an original image: the lungs' checks too (a preprocessed one passed them, or was never checked)
             warnings += lung_warnings(image)
-            image = preprocess_image(image, PreprocessParams(**params))
+            preprocessing = PreprocessParams(**params)
+            image = preprocess_image(image, preprocessing, segmenter_for(preprocessing))
         return {"plane": to_model_plane(image, size), "warnings": warnings}
     except CxrclfError as exc:
         return {"error": exc.reason}

@@ -13,9 +13,9 @@ An export is a set of files beside each other, named after the ``.onnx`` file::
                                  a fold ensemble has MODEL.guard-fold-K.safetensors, one per fold
     MODEL.reference.safetensors  the batch shift test's reference (fold 0's for an ensemble)
 
-:class:`OnnxPredictor` reads them and offers what :func:`cxrclf.predict.predict_files` calls on
-a predictor (``params``, ``input_size``, ``trained_views``, ``assess``, ``flagged``, ``guard``,
-``guard_threshold``, ``operating_point``, ``class_names``, ``shift_reference``), so ``predict
+:class:`OnnxPredictor` reads them and is a :class:`cxrclf.inference.Predictor` (``params``,
+``input_size``, ``trained_views``, ``assess``, ``flagged``, ``guard``, ``guard_threshold``,
+``operating_point``, ``class_names``, ``shift_reference``, ``member_count``...), so ``predict
 --backend onnxruntime`` gives the records, warnings and guard flags of ``predict`` on the run:
 the same preprocessing (:func:`cxrclf.planes.plane_from_file`), the same normalisation
 (:func:`normalise`, the numpy twin of :func:`cxrclf.models.inputs.model_input`), the same
@@ -31,18 +31,36 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cxrclf import io
 from cxrclf.errors import CxrclfError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INPUT", "OUTPUTS", "OnnxPredictor", "export_files", "load_exported", "normalise", "sidecar_path"]
+__all__ = ["Assessment", "FORMAT", "FORMAT_VERSION", "INPUT", "OUTPUTS", "OnnxPredictor", "average_members", "export_files", "load_exported", "normalise",
+           "sidecar_path"]
 
 FORMAT = "cxrclf-onnx-export"
 FORMAT_VERSION = 1
 INPUT = "input"
 OUTPUTS = ("logits", "features")
+
+
+class Assessment(NamedTuple):
+    """What a predictor says about a batch of N planes (a tuple: ``probabilities, features, scores = predictor.assess(planes)``)."""
+    probabilities: np.ndarray  # (N, classes), softmax
+    features: np.ndarray       # (N, F), the pooled backbone features the guard and the shift test read
+    scores: np.ndarray         # (N,), the out-of-distribution score; NaN without a guard
+
+
+def average_members(assessed: list[Assessment], thresholds: list[float] | None) -> Assessment:
+    """A fold ensemble's assessment from its members': probabilities averaged, the first member's features, and each
+    member's score over its own guard ``thresholds`` averaged (above 1 is flagged; NaN without a guard)."""
+    probabilities = np.mean([a.probabilities for a in assessed], axis=0)
+    if thresholds is None:
+        return Assessment(probabilities, assessed[0].features, np.full(len(probabilities), np.nan))
+    return Assessment(probabilities, assessed[0].features, np.mean([a.scores / t for a, t in zip(assessed, thresholds)], axis=0))
 
 
 def sidecar_path(model: Path) -> Path:
@@ -247,25 +265,34 @@ class OnnxPredictor:
             features.append(out[1])
         return np.concatenate(logits), np.concatenate(features)
 
-    def assess(self, planes: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probabilities (N, classes), pooled features (N, F), out-of-distribution scores (N,), NaN without a guard).
-
-        As :meth:`cxrclf.inference.Predictor.assess`; for a fold ensemble as
-        :meth:`cxrclf.inference.FoldEnsemble.assess`: the folds' probabilities averaged, fold 0's
-        features, and the score the mean of each fold's score over its own threshold.
-        """
+    def assess_members(self, planes: np.ndarray, batch_size: int = 32) -> list[Assessment]:
+        """Each member network's :class:`Assessment` (fold K's slice of the graph's outputs), its guard's raw score included."""
         if len(planes) == 0:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), np.zeros(0)
+            return [Assessment(np.zeros((0, len(self.class_names)), dtype=np.float32), np.zeros((0, 0), dtype=np.float32), np.zeros(0))] * self.member_count
         logits, features = self.forward(planes, batch_size)
         if self.member_count == 1:
             logits, features = logits[:, None], features[:, None]
-        probabilities = _softmax(logits.astype(np.float32)).mean(axis=1) if self.member_count > 1 else _softmax(logits[:, 0].astype(np.float32))
-        if not self.detectors:
-            scores = np.full(len(probabilities), np.nan)
-        else:
-            each = [detector.score(features[:, k] if detector.needs == "features" else logits[:, k]) for k, detector in enumerate(self.detectors)]
-            scores = each[0] if self.member_count == 1 else np.mean([s / d.threshold for s, d in zip(each, self.detectors)], axis=0)
-        return probabilities, features[:, 0], np.asarray(scores, dtype=np.float64)
+        members = []
+        for k in range(self.member_count):
+            detector = self.detectors[k] if self.detectors else None
+            scores = np.full(len(planes), np.nan) if detector is None else detector.score(features[:, k] if detector.needs == "features" else logits[:, k])
+            members.append(Assessment(_softmax(logits[:, k].astype(np.float32)), features[:, k], np.asarray(scores, dtype=np.float64)))
+        return members
+
+    def combine(self, assessed: list[Assessment]) -> Assessment:
+        """One network's assessment as it is; a fold ensemble's as :meth:`cxrclf.inference.FoldEnsemble.combine` makes it."""
+        if self.member_count == 1:
+            return assessed[0]
+        return average_members(assessed, [float(d.threshold) for d in self.detectors] if self.detectors else None)
+
+    def assess(self, planes: np.ndarray, batch_size: int = 32) -> Assessment:
+        """(probabilities (N, classes), pooled features (N, F), out-of-distribution scores (N,), NaN without a guard).
+
+        As :meth:`cxrclf.inference.RunPredictor.assess`; for a fold ensemble as
+        :meth:`cxrclf.inference.FoldEnsemble.assess`: the folds' probabilities averaged, fold 0's
+        features, and the score the mean of each fold's score over its own threshold.
+        """
+        return self.combine(self.assess_members(planes, batch_size))
 
     def probabilities(self, planes: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities (N, classes) for uint8 or [0, 1] float planes."""

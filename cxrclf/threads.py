@@ -14,12 +14,13 @@ limit counts, the machine's total does not).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import MutableMapping
+from typing import Iterator, MutableMapping
 
 from cxrclf.errors import CxrclfError
 
-__all__ = ["WAIT_POLICY", "available_cpus", "default_threads", "passive_wait", "use_threads"]
+__all__ = ["WAIT_POLICY", "available_cpus", "default_threads", "passive_wait", "torch_threads", "use_threads"]
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
 
@@ -55,3 +56,22 @@ def use_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+@contextlib.contextmanager
+def torch_threads(count: int, restore: bool = True) -> Iterator[None]:
+    """PyTorch's intra-op thread count at ``count`` for the duration, and the previous count back afterwards.
+
+    A library call may run in a longer-lived process whose thread count is not its to keep.
+    ``restore=False`` leaves ``count`` in place (and never reads the previous count): for
+    worker processes, which stay on it.
+    """
+    import torch
+
+    previous = torch.get_num_threads() if restore else None
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            torch.set_num_threads(previous)

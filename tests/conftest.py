@@ -10,6 +10,19 @@ from cxrclf import cli
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-mini"
 
+# Fixtures that train a network or run a pipeline of commands: every test that uses one, directly
+# or through another fixture, is marked slow here; tests that train inline carry the mark themselves.
+SLOW_FIXTURES = frozenset({
+    "trained_run", "tiny_timm_run", "fold_ensemble", "evaluated_run", "evaluated", "evaluation",
+    "tiny_segmenter", "lung_run", "builtin_run", "region_run", "prepared", "cv_run", "fused", "fused_synthetic",
+})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def plane_cache_of_this_session(tmp_path_factory):
@@ -82,7 +95,7 @@ def preprocessed_synthetic(tmp_path_factory) -> Path:
     """A fused and preprocessed synthetic dataset at 64 px (read-only)."""
     from cxrclf.data import synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     root = tmp_path_factory.mktemp("pipeline")

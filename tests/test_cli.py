@@ -30,6 +30,7 @@ def test_help_lists_only_working_commands(run_cli):
         assert command in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["fuse", "--help"]])
 def test_fast_start_imports_no_heavy_library(args):
     modules = _imported_modules(*args)
@@ -37,12 +38,14 @@ def test_fast_start_imports_no_heavy_library(args):
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
 
 
+@pytest.mark.slow
 def test_fuse_run_imports_no_heavy_library(synthetic_sources, tmp_path):
     modules = _imported_modules("fuse", "--nlm", str(synthetic_sources["nlm"]), "--out", str(tmp_path / "f"), "--workers", "1")
     assert "cxrclf.data.fuse" in modules and (tmp_path / "f" / "manifest.csv").exists()
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
 
 
+@pytest.mark.slow
 def test_python_m_and_debug_traceback(tmp_path):
     plain = subprocess.run([sys.executable, "-m", "cxrclf", "fuse", "--nlm", str(tmp_path / "x")], capture_output=True, text=True)
     assert plain.returncode == 2 and plain.stderr.strip().endswith("NLM folder does not exist") and "Traceback" not in plain.stderr

@@ -69,6 +69,29 @@ def test_a_table_that_fits_stays_a_table(narrow):
     assert "┃ file    ┃ predicted ┃ normal ┃" in text and "│ a/b.png │ covid19   │  0.125 │" in text  # numbers right, labels left
 
 
+def test_predictions_summary_renders_typed_predictions(narrow):
+    from cxrclf.predict import Prediction, Predictions
+
+    classes = ("normal", "covid19")
+    records = (Prediction(file="a.png", predicted="covid19", probabilities={"normal": 0.25, "covid19": 0.75}, ood_score=3.0, in_distribution=True,
+                          operating_point={"normal": 0.5, "covid19": 0.6}, positive=["covid19"]),
+               Prediction(file="b.png", predicted=None, probabilities={"normal": 0.5, "covid19": 0.5}, ood_score=41.0, in_distribution=False,
+                          warnings=["out of distribution: score 41.00 above the run's threshold 36.59"], operating_point={"normal": 0.5, "covid19": 0.6},
+                          positive=None, withheld=True),
+               Prediction(file="c.png", error="not a decodable image"))
+    results = Predictions(records, {"tested": False, "images": 2, "reason": "fewer than 20 images"}, classes, has_guard=True, has_operating_point=True)
+    assert [r.file for r in results.failed] == ["c.png"] and len(results) == 3 and results[1].withheld
+    assert results.to_list()[1]["withheld"] is True and "withheld" not in results.to_list()[0] and results.to_list()[2] == {"file": "c.png", "error": "not a decodable image"}
+    out, err = narrow
+    display.predictions_summary(results, "runs/latest")
+    text = out.getvalue()
+    assert "│ a.png │ covid19            │ covid19      │  0.250 │   0.750 │       3.0 │" in text
+    assert "│ b.png │ withheld (flagged) │ withheld     │  0.500 │   0.500 │    41.0 ! │" in text
+    assert "note" not in text  # a guard, an operating point, and too few images for a shift test: nothing to add
+    assert _lines(err) == ["cxrclf: warning: b.png: out of distribution: score 41.00 above the run's threshold 36.59",
+                           "cxrclf: error: c.png: not a decodable image"]
+
+
 def test_predict_at_80_columns_keeps_every_file_name(run_cli, trained_run, tmp_path, narrow):
     out, err = narrow
     folder = tmp_path / "a-folder-with-a-rather-long-name" / "and-another-level-below-it-to-pass-eighty"
@@ -100,9 +123,9 @@ def test_explain_reports_lime_progress_and_its_output_whole(run_cli, trained_run
 
 def test_lime_reports_every_batch_it_scores(trained_run):
     from cxrclf.explain.lime import explain_lime
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
 
-    predictor = Predictor(trained_run, "cpu")
+    predictor = RunPredictor(trained_run, "cpu")
     plane = np.full((predictor.input_size, predictor.input_size), 128, np.uint8)
     plane[8:24, 8:24] = 220
     calls: list[tuple[int, int]] = []
@@ -115,6 +138,7 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cxrclf", *args], capture_output=True, text=True, timeout=300, env=environment | env)
 
 
+@pytest.mark.slow
 def test_no_color_is_honoured_and_paths_stay_whole_in_a_narrow_terminal(synthetic_sources, tmp_path):
     deep = tmp_path / ("a-fused-dataset-in-a-folder-whose-name-is-long-" * 2) / "fused"
     args = ("fuse", "--cohen", str(synthetic_sources["cohen"]), "--nlm", str(synthetic_sources["nlm"]), "--workers", "1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import subprocess
@@ -15,6 +17,7 @@ from cxrclf.demo import DemoSettings
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_demo_command_works(tmp_path):
     text = README.read_text()
     commands = re.findall(r"```bash\n(.*?)\n```", text, re.S)

@@ -80,6 +80,7 @@ def _export(run_cli, run: Path, out: Path) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["tiny_timm_run", "trained_run", "fold_ensemble"])
 def test_onnxruntime_gives_predicts_records(run_cli, request, images, tmp_path, which):
     run = request.getfixturevalue(which)
@@ -114,6 +115,32 @@ def test_onnxruntime_gives_predicts_records(run_cli, request, images, tmp_path, 
         assert onnx_records[0]["operating_point"] is None
 
 
+def test_every_predictor_is_a_predictor_and_the_backends_assess_each_fold_alike(run_cli, fold_ensemble, images, tmp_path):
+    from cxrclf.inference import FoldEnsemble, Predictor, RunPredictor, load_predictor
+    from cxrclf.planes import plane_from_file
+    from cxrclf.runs import RunFolder
+    from cxrclf.runtime import OnnxPredictor
+
+    _export(run_cli, fold_ensemble, tmp_path / "model.onnx")
+    ensemble, exported = load_predictor(RunFolder(fold_ensemble), "cpu"), OnnxPredictor(tmp_path / "model.onnx")
+    single = ensemble.members[0]
+    assert isinstance(ensemble, FoldEnsemble) and isinstance(single, RunPredictor)
+    assert all(isinstance(p, Predictor) for p in (ensemble, single, exported)) and not isinstance(object(), Predictor)
+    assert (ensemble.member_count, single.member_count, exported.member_count) == (2, 1, 2) and single.members == [single]
+    planes = np.stack([plane_from_file((str(f), ensemble.params.to_dict(), ensemble.input_size))["plane"] for f in images[:4]])
+    theirs, ours = ensemble.assess_members(planes), exported.assess_members(planes)
+    for fold, (a, b) in enumerate(zip(theirs, ours)):  # fold by fold: the same probabilities and raw guard scores
+        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=TOLERANCE, err_msg=f"fold {fold}")
+        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-3, err_msg=f"fold {fold}")
+    assert np.abs(ours[0].probabilities - ours[1].probabilities).max() > 1e-3  # two folds that differ: averaging is tested
+    combined = exported.combine(ours)
+    np.testing.assert_array_equal(combined.probabilities, exported.assess(planes).probabilities)
+    np.testing.assert_allclose(combined.probabilities, (ours[0].probabilities + ours[1].probabilities) / 2, atol=1e-7)
+    thresholds = [d.threshold for d in exported.detectors]
+    np.testing.assert_allclose(combined.scores, (ours[0].scores / thresholds[0] + ours[1].scores / thresholds[1]) / 2)
+    np.testing.assert_allclose(ensemble.combine(theirs).scores, combined.scores, rtol=1e-3)
+
+
 _WITHOUT_TORCH = """
 import contextlib, importlib.abc, io, json, sys
 
@@ -139,6 +166,7 @@ print(json.dumps({"records": json.loads(printed.getvalue()), "loaded": sorted(m 
 """
 
 
+@pytest.mark.slow
 def test_predict_from_the_export_needs_no_torch(run_cli, trained_run, images, tmp_path):
     _export(run_cli, trained_run, tmp_path / "m.onnx")
     arguments = ["predict", *map(str, images[:3]), "--backend", "onnxruntime", "--model", str(tmp_path / "m.onnx"), "--json", "--workers", "1"]

@@ -145,7 +145,7 @@ def test_preprocess_defaults_come_from_preprocess_params(help_of):
     flat = _flat(help_of("preprocess"))
     cli_defaults = _cli_defaults("preprocess")
     for name in ("size", "channels", "fit", "text_threshold", "inpaint", "inpaint_radius", "denoise", "tv_weight", "tv_k", "tv_sigma",
-                 "tv_iterations", "lung", "lung_margin"):
+                 "tv_iterations", "lung", "lung_margin", "clahe_clip", "clahe_grid"):
         value = getattr(defaults, name)
         assert _same(cli_defaults[name], value), f"--{name.replace('_', '-')}: the command says {cli_defaults[name]!r}, PreprocessParams {value!r}"
         block = _option_block(help_of("preprocess"), next(p for p in COMMANDS["preprocess"].params if p.name == name))
@@ -155,7 +155,6 @@ def test_preprocess_defaults_come_from_preprocess_params(help_of):
 
 @pytest.mark.parametrize(("path", "options", "renamed"), [
     ("fuse", "cxrclf.data.fuse:FuseOptions", {"table": None, "views": "views", "workers": None}),
-    ("train", "cxrclf.train.loop:TrainOptions", {"workers": "threads", "class_constant": None, "exclude_source": None}),
     ("evaluate", "cxrclf.evaluate.evaluation:EvaluateOptions", {"workers": None, "runs": None, "table": None, "table_format": None, "as_json": None}),
     ("demo", "cxrclf.demo:DemoSettings", {}),
 ])

@@ -175,6 +175,7 @@ def test_worker_whose_parent_died_before_it_started_exits_at_once():
     assert worker.exitcode == 1
 
 
+@pytest.mark.slow
 @linux_only
 def test_forkserver_worker_whose_creator_died_before_it_started_exits_at_once():
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
@@ -186,6 +187,7 @@ def test_forkserver_worker_whose_creator_died_before_it_started_exits_at_once():
 
 # --- parent killed or terminated -----------------------------------------------------------------
 
+@pytest.mark.slow
 @linux_only
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_workers_die_when_the_parent_is_killed(start_method):
@@ -199,6 +201,7 @@ def test_workers_die_when_the_parent_is_killed(start_method):
         _kill_leftovers(workers)
 
 
+@pytest.mark.slow
 @linux_only
 def test_workers_die_when_the_parent_is_killed_even_without_prctl():
     """The second line of defence: each worker watches its parent's pid (about once a second)."""
@@ -218,6 +221,7 @@ def test_workers_die_when_the_parent_is_killed_even_without_prctl():
         _kill_leftovers(workers)
 
 
+@pytest.mark.slow
 @linux_only
 def test_sigterm_exits_143_with_one_line_and_kills_busy_workers():
     process, lines = _start(_slow_map_script("from cxrclf import signals\nsignals.exit_on_sigterm()\n"))
@@ -233,6 +237,7 @@ def test_sigterm_exits_143_with_one_line_and_kills_busy_workers():
         _kill_leftovers(workers)
 
 
+@pytest.mark.slow
 @linux_only
 def test_second_sigterm_during_cleanup_lets_the_cleanup_finish():
     script = (
@@ -269,6 +274,7 @@ def test_exit_on_sigterm_does_nothing_outside_the_main_thread():
 
 # --- end to end: cxrclf fuse ---------------------------------------------------------------------
 
+@pytest.mark.slow
 @linux_only
 def test_sigterm_during_fuse_removes_the_partial_folder_and_the_workers(tmp_path):
     from cxrclf.data import synthetic

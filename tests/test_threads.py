@@ -44,6 +44,24 @@ def test_use_threads_sets_pytorch(monkeypatch):
         threads.use_threads(0)
 
 
+def test_torch_threads_restores_the_count_even_after_an_error_unless_told_not_to():
+    import torch
+
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 3
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with threads.torch_threads(other):
+                assert torch.get_num_threads() == other
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == before
+        with threads.torch_threads(other, restore=False):
+            pass
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_cli_sets_the_wait_policy_first(run_cli, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert run_cli("--help").exit_code == 0

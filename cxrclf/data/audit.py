@@ -1,7 +1,9 @@
 """Leakage audit of any manifest: shared patients, identical and near-identical images across splits.
 
 Works on cxrclf manifests and on other CSVs with ``split`` and ``patient_id`` (and either
-hash columns or ``path`` to images, whose hashes are then computed).
+hash columns or ``path`` to images, whose hashes are then computed). With ``finding`` and
+``source`` columns (a fused or preprocessed folder), the result also holds the class x source
+table and its warnings, counted by :func:`cxrclf.data.confounding.confounding` as ``fuse`` counts them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from cxrclf.data import imageio, split
+from cxrclf.data.confounding import confounding
 from cxrclf.data.manifest import manifest_path, read_manifest
 from cxrclf.errors import CxrclfError
-from cxrclf.labels import FINDINGS
 
 __all__ = ["audit", "audit_frame", "load"]
 
@@ -70,16 +72,7 @@ def audit_frame(frame: pd.DataFrame, near_duplicate_bits: int = 24) -> dict:
         if split_names[i] != split_names[j] and shas[i] != shas[j]:
             near.append({"rows": [labels[i], labels[j]], "splits": [split_names[i], split_names[j]]})
 
-    finding_x_source: dict[str, dict[str, int]] = {}
-    single_source: dict[str, str] = {}
-    if "finding" in frame.columns and "source" in frame.columns:
-        for finding, sub in frame.groupby("finding", sort=False):
-            finding_x_source[finding] = {str(k): int(v) for k, v in sub["source"].value_counts().sort_index().items()}
-            if sub["source"].nunique() == 1:
-                single_source[finding] = str(sub["source"].iloc[0])
-        order = {f: i for i, f in enumerate(FINDINGS)}
-        finding_x_source = dict(sorted(finding_x_source.items(), key=lambda kv: order.get(kv[0], 99)))
-
+    confounded = confounding(frame["finding"], frame["source"]) if {"finding", "source"} <= set(frame.columns) else None
     return {
         "rows": int(len(frame)),
         "leakage": bool(shared_patients or identical or near),
@@ -87,8 +80,7 @@ def audit_frame(frame: pd.DataFrame, near_duplicate_bits: int = 24) -> dict:
         "identical_images_across_splits": identical,
         "near_identical_images_across_splits": near,
         "identical_images_repeated_within_a_split": repeated_within_split,
-        "finding_x_source": finding_x_source,
-        "single_source_findings": single_source,
+        "confounding": None if confounded is None else confounded.to_dict(),  # the class x source table, as fuse reports it
     }
 
 

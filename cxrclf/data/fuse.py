@@ -20,6 +20,7 @@ import pandas as pd
 
 from cxrclf import __version__, io
 from cxrclf.data import imageio, split
+from cxrclf.data.confounding import confounding
 from cxrclf.data.manifest import FUSED_COLUMNS, write_manifest
 from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, cohen, nih, nlm, rsna, table
 from cxrclf.choices import RsnaNotNormal, parse
@@ -42,7 +43,7 @@ class FuseOptions:
     shenzhen: Path | None = None
     tables: tuple[Path, ...] = ()
     views: tuple[str, ...] = ("PA",)
-    rsna_not_normal: str = "exclude"
+    rsna_not_normal: RsnaNotNormal = RsnaNotNormal.exclude
     test_frac: float = 0.1
     val_frac: float = 0.1
     folds: int = 4
@@ -50,6 +51,14 @@ class FuseOptions:
     near_duplicate_bits: int = 24
     same_xray_bits: int = 16  # copies in two sources: re-encoded, resized and brightened <= 14 bits, distinct X-rays >= 50 (docs/validity.md)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        """``rsna_not_normal`` as its :class:`~cxrclf.choices.RsnaNotNormal` member (callers may give the string); another
+        value is kept for :meth:`validate` to refuse."""
+        try:
+            object.__setattr__(self, "rsna_not_normal", RsnaNotNormal(self.rsna_not_normal))
+        except (TypeError, ValueError):
+            pass
 
     def validate(self) -> None:
         if not any((self.cohen, self.rsna, self.nih, self.nlm, self.shenzhen, self.tables)):
@@ -108,6 +117,24 @@ def _decode_one(task: tuple[str, str]) -> tuple[int, int, str, str] | str:
     return image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image)
 
 
+def _decoded_rows(records: list[SourceRecord], ids: list[str], decoded: list) -> tuple[list[dict], list[Exclusion]]:
+    """Manifest rows (without split columns) for the decoded images, and an exclusion for each image that failed."""
+    kept: list[dict] = []
+    unreadable: list[Exclusion] = []
+    for record, image_id, result in zip(records, ids, decoded):
+        if isinstance(result, str):
+            unreadable.append(Exclusion(record.source, record.source_file, "unreadable image", result))
+            continue
+        width, height, sha, phash = result
+        kept.append({
+            "image_id": image_id, "path": f"{IMAGES}/{image_id}.png", "source": record.source,
+            "source_file": record.source_file, "patient_id": record.patient_id, "finding": record.finding,
+            "view": record.view, "sex": record.sex, "age": record.age, "width": width, "height": height,
+            "sha256": sha, "phash": phash,
+        })
+    return kept, unreadable
+
+
 def _count_table(frame: pd.DataFrame, rows: str) -> dict[str, dict[str, int]]:
     table_counts: dict[str, dict[str, int]] = {}
     for key, sub in frame.groupby(rows, sort=True):
@@ -132,20 +159,8 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
         (stage / IMAGES).mkdir()
         tasks = [(str(r.file), str(stage / IMAGES / f"{i}.png")) for r, i in zip(records, ids)]
         decoded = map_images(_decode_one, tasks, options.workers, progress)
-
-        kept: list[dict] = []
-        for record, image_id, result in zip(records, ids, decoded):
-            if isinstance(result, str):
-                exclusions.append(Exclusion(record.source, record.source_file, "unreadable image", result))
-                continue
-            width, height, sha, phash = result
-            kept.append({
-                "image_id": image_id, "path": f"{IMAGES}/{image_id}.png", "source": record.source,
-                "source_file": record.source_file, "patient_id": record.patient_id, "finding": record.finding,
-                "view": record.view, "sex": record.sex, "age": record.age, "width": width, "height": height,
-                "sha256": sha, "phash": phash,
-            })
-
+        kept, unreadable = _decoded_rows(records, ids, decoded)
+        exclusions.extend(unreadable)
         kept, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits)
         exclusions.extend(dropped)
         for row in (copy for group in duplicates for copy in group["dropped_rows"]):
@@ -244,12 +259,8 @@ def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusio
     by_source_reason: dict[str, dict[str, int]] = defaultdict(dict)
     for (source, reason), n in sorted(Counter((e.source, e.reason) for e in exclusions).items()):
         by_source_reason[source][reason] = n
-    single_source = {
-        finding: sorted(set(frame.loc[frame["finding"] == finding, "source"]))[0]
-        for finding in FINDINGS
-        if frame["finding"].eq(finding).any() and frame.loc[frame["finding"] == finding, "source"].nunique() == 1
-    }
-    options_dict = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "tables" else v) for k, v in asdict(options).items() if k != "workers"}
+    confounded = confounding(frame["finding"], frame["source"])
+    options_dict = {k: (str(v) if isinstance(v, (Path, RsnaNotNormal)) else [str(p) for p in v] if k == "tables" else v) for k, v in asdict(options).items() if k != "workers"}
     return {
         "cxrclf_version": __version__,
         "options": options_dict,
@@ -266,5 +277,6 @@ def _report(options: FuseOptions, frame: pd.DataFrame, exclusions: list[Exclusio
         "same_xray_across_sources": across,
         "same_xray_by_source_pair": per_pair,
         "near_duplicates_across_patients": [sorted(ids) for _, ids in sorted(near.items())],
-        "single_source_findings": single_source,
+        "single_source_findings": confounded.single_source,  # also in confounding: kept for readers of earlier reports
+        "confounding": confounded.to_dict(),
     }

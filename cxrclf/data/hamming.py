@@ -1,6 +1,6 @@
 """Exact Hamming-radius search over 256-bit hashes in near-linear time (multi-index hashing).
 
-Brute force compares every hash with every other: n^2/2 distances, 68 s for 40,000 hashes.
+Brute force compares every hash with every other: n^2/2 distances, hours at a million hashes.
 Multi-index hashing (Norouzi, Punjani and Fleet, "Fast search in Hamming space with
 multi-index hashing", CVPR 2012) cuts each hash into ``m`` chunks. If two hashes differ in
 at most ``d`` bits, by the pigeonhole principle at least one chunk differs in at most

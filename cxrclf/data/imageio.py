@@ -261,18 +261,10 @@ def colourfulness(rgb: np.ndarray) -> float:
     """Hasler and Suesstrunk's (2003) colourfulness of an (H, W, 3) RGB array scaled to [0, 1].
 
     ``std(rg, yb) + 0.3 * mean(rg, yb)`` with ``rg = R - G`` and ``yb = (R + G) / 2 - B``
-    (each the root of the sum of squares over the two opponent axes). Values measured
-    with :func:`decode`, which applies it to a copy at most 256 px on the long side:
-
-    - grey: a grey PNG 0.0; grey images saved by Pillow as RGB JPEG (quality 50 to 100,
-      noisy or not) 0.0, since their chroma planes are constant;
-    - the 137 RGB/RGBA chest X-rays in cxr-mini (mostly figures from papers): median
-      0.0, 90th percentile 0.017, largest 0.083 (a radiograph with red arrows drawn on);
-    - colour photographs saved as PNG: ``skimage.data.astronaut()`` 0.285,
-      ``coffee()`` 0.302, ``chelsea()`` 0.149 (JPEG quality 90: 0.282, 0.298, 0.147);
-    - pydicom's test files: the ultrasound ``examples_ybr_color.dcm`` 0.015, the
-      palette ultrasound ``examples_palette.dcm`` 0.085, the colour bars of
-      ``SC_rgb_rle_2frame.dcm`` 0.661.
+    (each the root of the sum of squares over the two opponent axes). 0 for grey pixels,
+    also when saved as RGB (their chroma planes are constant). :func:`decode` applies it to
+    a copy at most 256 px on the long side; the values of grey films, colour figures,
+    photographs and colour DICOMs are in docs/performance.md, "Rule-based input checks".
     """
     values = np.asarray(rgb, dtype=np.float64)
     red, green, blue = values[..., 0], values[..., 1], values[..., 2]

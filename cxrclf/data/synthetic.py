@@ -53,10 +53,16 @@ def _smooth(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 def anatomy(finding: str, rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noiseless phantom in [0, 1], its lung mask and the finding's mask."""
-    import cv2
-
     if finding not in FINDINGS:
         raise ValueError(f"unknown finding {finding!r}")
+    image, lungs = _chest(rng, size)
+    draw = {COVID19: _covid19, OTHER_PNEUMONIA: _lobar_consolidation, TUBERCULOSIS: _tuberculosis}.get(finding)
+    finding_mask = draw(image, lungs, rng) if draw else np.zeros((size, size), bool)
+    return np.clip(image, 0.0, 1.0), lungs, finding_mask
+
+
+def _chest(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A normal chest (body, lungs, ribs, spine, heart, diaphragm), not clipped, and its lung mask."""
     h = w = size
     s = size / 256.0
     jitter = lambda a: a * (1 + rng.uniform(-0.06, 0.06))  # noqa: E731
@@ -67,13 +73,7 @@ def anatomy(finding: str, rng: np.random.Generator, size: int = 256) -> tuple[np
     right = _ellipse((h, w), (h * 0.47, w * 0.68), (jitter(h * 0.27), jitter(w * 0.13)), rng.uniform(-6, 6))
     lungs = left | right
     image -= 0.26 * _smooth(lungs, 3 * s)
-    ribs = np.zeros((h, w), np.uint8)
-    for k in range(7):
-        y = int(h * (0.25 + 0.075 * k))
-        for side in (-1, 1):
-            cx = int(w * (0.5 + side * 0.16))
-            cv2.ellipse(ribs, (cx, y), (int(w * 0.2), int(h * 0.06)), 0, 180 if side < 0 else 270, 270 if side < 0 else 360, 1, max(1, int(3 * s)))
-    image += 0.12 * _smooth(ribs > 0, 1.0 * s) * body
+    image += 0.12 * _smooth(_ribs(size) > 0, 1.0 * s) * body
     spine = np.zeros((h, w), bool)
     spine[int(h * 0.1):, int(w * 0.47):int(w * 0.53)] = True
     image += 0.22 * _smooth(spine, 2 * s)
@@ -82,29 +82,62 @@ def anatomy(finding: str, rng: np.random.Generator, size: int = 256) -> tuple[np
     diaphragm = np.zeros((h, w), bool)
     diaphragm[int(h * 0.76):, int(w * 0.12):int(w * 0.88)] = True
     image += 0.15 * _smooth(diaphragm & body, 5 * s)
+    return image, lungs
 
+
+def _ribs(size: int) -> np.ndarray:
+    """Seven pairs of rib arcs (uint8, 1 on a rib)."""
+    import cv2
+
+    h = w = size
+    s = size / 256.0
+    ribs = np.zeros((h, w), np.uint8)
+    for k in range(7):
+        y = int(h * (0.25 + 0.075 * k))
+        for side in (-1, 1):
+            cx = int(w * (0.5 + side * 0.16))
+            cv2.ellipse(ribs, (cx, y), (int(w * 0.2), int(h * 0.06)), 0, 180 if side < 0 else 270, 270 if side < 0 else 360, 1, max(1, int(3 * s)))
+    return ribs
+
+
+def _covid19(image: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bilateral peripheral lower-zone ground glass, added to ``image`` in place; returns its mask."""
+    h, w = image.shape
+    s = h / 256.0
     finding_mask = np.zeros((h, w), bool)
-    if finding == COVID19:
-        for cx in (0.22, 0.78):
-            blob = _ellipse((h, w), (h * rng.uniform(0.55, 0.62), w * cx), (h * 0.12, w * 0.07)) & lungs
-            finding_mask |= blob
-        texture = _smooth(rng.random((h, w)) > 0.5, 2 * s)
-        image += (0.16 + 0.10 * texture) * _smooth(finding_mask, 4 * s)
-    elif finding == OTHER_PNEUMONIA:
-        cx = 0.32 if rng.random() < 0.5 else 0.68
-        finding_mask = _ellipse((h, w), (h * rng.uniform(0.5, 0.6), w * cx), (h * 0.12, w * 0.09)) & lungs
-        image += 0.26 * _smooth(finding_mask, 2 * s)
-    elif finding == TUBERCULOSIS:
-        for _ in range(int(rng.integers(4, 8))):
-            cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.05, 0.05)
-            cy = rng.uniform(0.27, 0.38)
-            nodule = _ellipse((h, w), (h * cy, w * cx), (h * 0.018 * rng.uniform(1, 2), w * 0.018 * rng.uniform(1, 2)))
-            finding_mask |= nodule & lungs
-        cavity_x = rng.choice([0.3, 0.7])
-        ring = _ellipse((h, w), (h * 0.3, w * cavity_x), (h * 0.05, w * 0.05)) & ~_ellipse((h, w), (h * 0.3, w * cavity_x), (h * 0.03, w * 0.03))
-        finding_mask |= ring & lungs
-        image += 0.25 * _smooth(finding_mask, 1.0 * s)
-    return np.clip(image, 0.0, 1.0), lungs, finding_mask
+    for cx in (0.22, 0.78):
+        blob = _ellipse((h, w), (h * rng.uniform(0.55, 0.62), w * cx), (h * 0.12, w * 0.07)) & lungs
+        finding_mask |= blob
+    texture = _smooth(rng.random((h, w)) > 0.5, 2 * s)
+    image += (0.16 + 0.10 * texture) * _smooth(finding_mask, 4 * s)
+    return finding_mask
+
+
+def _lobar_consolidation(image: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dense one-sided consolidation (other pneumonia), added to ``image`` in place; returns its mask."""
+    h, w = image.shape
+    s = h / 256.0
+    cx = 0.32 if rng.random() < 0.5 else 0.68
+    finding_mask = _ellipse((h, w), (h * rng.uniform(0.5, 0.6), w * cx), (h * 0.12, w * 0.09)) & lungs
+    image += 0.26 * _smooth(finding_mask, 2 * s)
+    return finding_mask
+
+
+def _tuberculosis(image: np.ndarray, lungs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Upper-zone nodules and a cavity, added to ``image`` in place; returns their mask."""
+    h, w = image.shape
+    s = h / 256.0
+    finding_mask = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(4, 8))):
+        cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.05, 0.05)
+        cy = rng.uniform(0.27, 0.38)
+        nodule = _ellipse((h, w), (h * cy, w * cx), (h * 0.018 * rng.uniform(1, 2), w * 0.018 * rng.uniform(1, 2)))
+        finding_mask |= nodule & lungs
+    cavity_x = rng.choice([0.3, 0.7])
+    ring = _ellipse((h, w), (h * 0.3, w * cavity_x), (h * 0.05, w * 0.05)) & ~_ellipse((h, w), (h * 0.3, w * cavity_x), (h * 0.03, w * 0.03))
+    finding_mask |= ring & lungs
+    image += 0.25 * _smooth(finding_mask, 1.0 * s)
+    return finding_mask
 
 
 def add_poisson_noise(image: np.ndarray, peak: float, rng: np.random.Generator) -> np.ndarray:
@@ -166,10 +199,24 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "
                 compression: str = "jpeg", monochrome1: bool = False, modality: str = "CR") -> None:
     """A DICOM file as RSNA ships them: 8-bit JPEG-baseline pixel data (or raw / JPEG 2000 16-bit)."""
     import pydicom
+
+    dataset = _dicom_header(path, patient_id=patient_id, view=view, sex=sex, age=age, modality=modality)
+    dataset.Rows, dataset.Columns = image.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    dataset.PixelRepresentation = 0
+    pixels = image
+    if monochrome1:
+        pixels = (np.iinfo(image.dtype).max - image).astype(image.dtype)
+    _store_pixels(dataset, pixels, compression)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True) if "enforce_file_format" in pydicom.dcmwrite.__code__.co_varnames else dataset.save_as(path, write_like_original=False)
+
+
+def _dicom_header(path: Path, *, patient_id: str, view: str, sex: str, age: str, modality: str):
+    """A secondary-capture dataset with the patient and acquisition fields the readers look at, no pixels yet."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
-    from PIL import Image
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -185,13 +232,15 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "
     dataset.Modality = modality
     dataset.ViewPosition = view
     dataset.BodyPartExamined = "CHEST"
-    dataset.Rows, dataset.Columns = image.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    dataset.PixelRepresentation = 0
-    pixels = image
-    if monochrome1:
-        pixels = (np.iinfo(image.dtype).max - image).astype(image.dtype)
+    return dataset
+
+
+def _store_pixels(dataset, pixels: np.ndarray, compression: str) -> None:
+    """Pixel data and its transfer syntax: ``jpeg`` (8-bit baseline, as RSNA), ``j2k`` (lossless) or raw."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
+    from PIL import Image
+
     bits = 16 if pixels.dtype == np.uint16 else 8
     dataset.BitsAllocated = bits
     dataset.BitsStored = bits
@@ -201,20 +250,18 @@ def write_dicom(path: Path, image: np.ndarray, *, patient_id: str, view: str = "
             raise ValueError("JPEG baseline needs 8-bit pixels")
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
-        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         dataset.PixelData = encapsulate([buffer.getvalue()])
         dataset["PixelData"].is_undefined_length = True
         dataset["PixelData"].VR = "OB"
         dataset.LossyImageCompression = "01"
     elif compression == "j2k":
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         dataset.PixelData = pixels.tobytes()
         dataset.compress(JPEG2000Lossless, pixels)
     else:
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         dataset.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True) if "enforce_file_format" in pydicom.dcmwrite.__code__.co_varnames else dataset.save_as(path, write_like_original=False)
 
 
 COHEN_SCHEMAS = ("early", "mid2020", "current")

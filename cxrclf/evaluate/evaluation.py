@@ -13,26 +13,34 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
-from cxrclf import io
+from cxrclf import io, metrics, threshold as operating
 from cxrclf.choices import Device, Split, parse
 from cxrclf.data.manifest import manifest_path, read_manifest, select_split, to_csv_bytes
 from cxrclf.errors import CxrclfError
-from cxrclf.evaluate import calibration, intervals, metrics, threshold as operating
-from cxrclf.labels import COVID19, SCHEMES
+from cxrclf.evaluate import calibration, intervals
+from cxrclf.evaluate.result import FOCUS, Bootstrap, Calibration, Evaluation, FocusMetrics, Metrics
+from cxrclf.labels import SCHEMES
 from cxrclf.inference import plane_from_file
 from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams, read_params
 from cxrclf.runs import RunConfig, RunFolder, resolve_run
 
-__all__ = ["EvaluateOptions", "compute_metrics", "evaluate", "load_rows", "predict_rows", "view_metrics"]
+__all__ = ["EvaluateOptions", "LungAttention", "compute_metrics", "evaluate", "load_rows", "predict_rows", "view_metrics"]
 
-FOCUS = COVID19
+if TYPE_CHECKING:
+    from cxrclf.inference import Predictor
+
+# (predictor, rows, root, needs preprocessing, predictions, lung model, workers) -> (summary, per-image share): what
+# ``--lung-model`` measures, :func:`cxrclf.explain.in_lung.lung_attention`. Explain is evaluate's sibling, not below
+# it: the command hands it in (EvaluateOptions.lung_attention).
+LungAttention = Callable[[object, pd.DataFrame, Path, bool, pd.DataFrame, Path, int], tuple[dict, np.ndarray]]
 
 
 @dataclass
@@ -50,6 +58,7 @@ class EvaluateOptions:
     device: Device | str = Device.auto
     workers: int = os.cpu_count() or 1
     lung_model: Path | None = None  # a lung segmentation run: report how much of Grad-CAM falls inside the lungs
+    lung_attention: LungAttention | None = None  # what measures it: cxrclf.explain.in_lung.lung_attention, handed in by the command
 
     def validate(self) -> "EvaluateOptions":
         self.split = parse(Split, self.split, "split")
@@ -62,6 +71,8 @@ class EvaluateOptions:
 
         if not 1 <= self.tta <= MAX_TTA:
             raise CxrclfError(f"test-time augmentation takes 1 to {MAX_TTA} views, not {self.tta}")
+        if self.lung_model is not None and self.lung_attention is None:
+            raise ValueError("a lung model needs lung_attention=cxrclf.explain.in_lung.lung_attention (explain is not below evaluate)")
         return self
 
 
@@ -74,7 +85,7 @@ def load_rows(data: Path, split: Split | str, params: PreprocessParams, fold: in
     if preprocessed:
         theirs = read_params(root / "preprocess.json")
         if theirs != params:
-            changed = sorted(k for k, v in params.to_dict().items() if theirs.to_dict()[k] != v)
+            changed = sorted(name for name in vars(params) if getattr(theirs, name) != getattr(params, name))  # to_dict() leaves out harmonisation when off
             raise CxrclfError(f"was preprocessed with other parameters than the run ({', '.join(changed)}); pass its fused folder instead", root)
     rows = frame if split == "all" else select_split(frame, split, fold)
     rows = rows[~rows["source"].isin(exclude_sources)]
@@ -83,7 +94,7 @@ def load_rows(data: Path, split: Split | str, params: PreprocessParams, fold: in
     return rows.reset_index(drop=True), root, not preprocessed
 
 
-def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> tuple[pd.DataFrame, np.ndarray, list | None]:
+def predict_rows(predictor: Predictor, rows: pd.DataFrame, root: Path, needs_preprocessing: bool, workers: int) -> tuple[pd.DataFrame, np.ndarray, list | None]:
     """(predictions.csv rows, pooled features, each fold's probabilities for an ensemble else None).
 
     The rows: ids, source, true label, one prob_<class> per class, predicted label, the
@@ -100,8 +111,8 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
         keep = [i for i, d in enumerate(decoded) if "error" not in d]
         rows, decoded = rows.iloc[keep].reset_index(drop=True), [decoded[i] for i in keep]
     planes = np.stack([d["plane"] for d in decoded])
-    members = predictor.assess_members(planes) if hasattr(predictor, "members") else None
-    probabilities, features, scores = predictor.combine(members) if members else predictor.assess(planes)
+    members = predictor.assess_members(planes)
+    probabilities, features, scores = predictor.combine(members)
     flagged = predictor.flagged(scores)
     out = pd.DataFrame({
         "image_id": rows["image_id"], "patient_id": rows["patient_id"], "source": rows["source"],
@@ -115,7 +126,7 @@ def predict_rows(predictor, rows: pd.DataFrame, root: Path, needs_preprocessing:
     out["input_warnings"] = ["; ".join(d["warnings"]) for d in decoded]
     out["flagged"] = flagged | (out["input_warnings"] != "").to_numpy()
     out.attrs["skipped"] = [{"image_id": image_id, "reason": reason} for image_id, reason in failed]
-    return out, features, None if members is None else [m[0] for m in members]
+    return out, features, [m.probabilities for m in members] if predictor.member_count > 1 else None
 
 
 def _arrays(predictions: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,41 +135,38 @@ def _arrays(predictions: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarr
     return labels, probabilities
 
 
-def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold: dict | None, resamples: int, seed: int) -> dict:
-    """Every number of the report, from predictions alone (pure)."""
+def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold: dict | None, resamples: int, seed: int) -> Metrics:
+    """Every number of the report, from predictions alone (pure); ``threshold``: the COVID-19 operating point to report at, or None."""
     labels, probabilities = _arrays(predictions, class_names)
     focus = class_names.index(FOCUS)
     positive, score = labels == focus, probabilities[:, focus]
     overall = metrics.classification_metrics(labels, probabilities)
     at_argmax = metrics.positive_metrics(positive, score, probabilities.argmax(axis=1) == focus)
-    result = {
-        "n_images": int(len(labels)),
-        "n_patients": int(predictions["patient_id"].nunique()),
-        "classes": class_names,
-        "overall": overall,
-        f"{FOCUS}_vs_rest": {"at_argmax": at_argmax},
-    }
-    if threshold is not None:
-        result[f"{FOCUS}_vs_rest"]["operating_point"] = threshold | metrics.positive_metrics(positive, score, score >= threshold["threshold"])
-
+    at_threshold = None if threshold is None else threshold | metrics.positive_metrics(positive, score, score >= threshold["threshold"])
     # exact intervals for sensitivity and specificity of the focus class (at argmax)
     tp, fn, tn, fp = at_argmax["tp"], at_argmax["fn"], at_argmax["tn"], at_argmax["fp"]
-    result[f"{FOCUS}_vs_rest"]["clopper_pearson"] = {"recall": intervals.clopper_pearson(tp, tp + fn), "specificity": intervals.clopper_pearson(tn, tn + fp)}
+    exact = {"recall": intervals.clopper_pearson(tp, tp + fn), "specificity": intervals.clopper_pearson(tn, tn + fp)}
 
     def headline(rows: np.ndarray) -> dict[str, float]:
         m = metrics.classification_metrics(labels[rows], probabilities[rows])
         f = metrics.positive_metrics(positive[rows], score[rows], probabilities[rows].argmax(axis=1) == focus)
         return {"accuracy": m["accuracy"], **{f"macro_{k}": v for k, v in m["macro"].items()}, **{f"{FOCUS}_{k}": f[k] for k in ("precision", "recall", "specificity", "f1", "auc")}}
 
-    result["point"] = headline(np.arange(len(labels)))
+    point = headline(np.arange(len(labels)))
+    spread = None
     if resamples:
-        result["intervals"] = {k: list(v) for k, v in intervals.bootstrap(headline, predictions["patient_id"].to_numpy(), resamples, seed).items()}
-        result["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "patient", "level": 0.95}
-    result["calibration"] = {
-        "ece": calibration.expected_calibration_error(labels, probabilities),
-        "brier": calibration.brier_score(labels, probabilities),
-        "bins": calibration.reliability_bins(labels, probabilities),
-    }
+        spread = {k: list(v) for k, v in intervals.bootstrap(headline, predictions["patient_id"].to_numpy(), resamples, seed).items()}
+    return Metrics(
+        n_images=int(len(labels)), n_patients=int(predictions["patient_id"].nunique()), classes=class_names, overall=overall,
+        focus=FocusMetrics(at_argmax, exact, at_threshold), point=point, intervals=spread, bootstrap=Bootstrap(resamples, seed) if resamples else None,
+        calibration=Calibration(calibration.expected_calibration_error(labels, probabilities), calibration.brier_score(labels, probabilities),
+                                calibration.reliability_bins(labels, probabilities)),
+        per_source=_per_source(predictions, labels, probabilities, class_names),
+    )
+
+
+def _per_source(predictions: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+    """Per source: its images, accuracy, and per class present its support and recall."""
     per_source = {}
     for source, members in predictions.groupby("source", sort=True).groups.items():
         rows = np.asarray([predictions.index.get_loc(i) for i in members])
@@ -169,8 +177,14 @@ def compute_metrics(predictions: pd.DataFrame, class_names: list[str], threshold
             "classes": {class_names[c]: int(m["support"]) for c, m in enumerate(sub["per_class"]) if m["support"]},
             "recall": {class_names[c]: m["recall"] for c, m in enumerate(sub["per_class"]) if m["support"]},
         }
-    result["per_source"] = per_source
-    return result
+    return per_source
+
+
+def _focus_rates(predictions: pd.DataFrame, class_names: list[str], threshold: float) -> dict:
+    """COVID-19 against the rest when P(COVID-19) >= ``threshold`` decides."""
+    labels, probabilities = _arrays(predictions, class_names)
+    focus = class_names.index(FOCUS)
+    return metrics.positive_metrics(labels == focus, probabilities[:, focus], probabilities[:, focus] >= threshold)
 
 
 def _same_data_as_training(folder: Path, config: RunConfig) -> bool:
@@ -249,11 +263,40 @@ def shift_metrics(predictions: pd.DataFrame, features: np.ndarray, reference, en
     return summary
 
 
-def evaluate(options: EvaluateOptions) -> dict:
-    """Evaluate one run; writes its evaluation folder and returns metrics.json's content."""
+@dataclass(frozen=True)
+class _Target:
+    """What one evaluation reads and writes: the run (or fold parent) and its folds, the config, the data and the output folder."""
+    folder: RunFolder
+    folds: list[RunFolder]
+    config: RunConfig
+    data: Path
+    own_data: bool
+    out: Path
+
+
+def evaluate(options: EvaluateOptions) -> Evaluation:
+    """Evaluate one run; writes its evaluation folder (metrics.json is the result's ``to_dict()``) and returns the result."""
     from cxrclf.inference import load_predictor
 
     options.validate()
+    target = _target(options)
+    predictor = load_predictor(target.folder, options.device, options.allow_unfinished, options.tta)
+    own = Path(target.config.data.folder)
+    if target.own_data and not _same_data_as_training(own, target.config):
+        raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
+                          "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
+    rows, root, needs = load_rows(target.data, options.split, predictor.params, target.config.data.fold if target.own_data else None)
+    predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
+    result = _evaluation(options, target, predictor, predictions, features, members)
+    if options.lung_model is not None:
+        attention, predictions["in_lung_share"] = options.lung_attention(predictor, rows, root, needs, predictions, options.lung_model, options.workers)
+        result = replace(result, lung_attention=attention)
+    _write(target.out, options.overwrite, predictions, predictor.class_names, result, target.folder)
+    return result
+
+
+def _target(options: EvaluateOptions) -> _Target:
+    """The run, the data and the output folder of ``options``, checked before any model loads."""
     folder = resolve_run(options.run)
     folds = [] if folder.is_run else folder.fold_runs()
     if folds:
@@ -264,57 +307,57 @@ def evaluate(options: EvaluateOptions) -> dict:
     else:
         config = folder.read_config()
         folder.require_finished(config, options.allow_unfinished)
-    run = folder.path
     own = Path(config.data.folder)
     data = Path(options.data) if options.data else own
     if not data.exists():
         raise CxrclfError("data folder not found (name the data to evaluate on)", data)
     own_data = data.resolve() == own.resolve()
-    out = Path(options.out) if options.out else run / _default_name(data, own_data, options.split)
+    out = Path(options.out) if options.out else folder.path / _default_name(data, own_data, options.split)
+    _check_output(folder, out, [data, options.lung_model], options.overwrite)
+    return _Target(folder, folds, config, data, own_data, out)
+
+
+def _check_output(folder: RunFolder, out: Path, inputs: list[Path | None], overwrite: bool) -> None:
+    """An evaluation may live inside its run, beside the run's own files, never in place of one of them or of an input."""
+    run = folder.path
     if _inside(run, out.resolve()):
         raise CxrclfError("output would replace the run folder it evaluates; choose an output folder inside or beside it", out)
-    # an evaluation may live inside its run, beside the run's own files, never in place of one of them
     own_entries = [entry for entry in run.iterdir() if io.output_kind(entry) != "evaluation"]
-    io.refuse_overlap(out, [data, options.lung_model, *own_entries, *(p for p in folder.reads() if p != run)])
-    io.check_output_path(out, options.overwrite, kinds=("evaluation",))
-    predictor = load_predictor(folder, options.device, options.allow_unfinished, options.tta)
-    if own_data and not _same_data_as_training(own, config):
-        raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
-                          "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
-    rows, root, needs = load_rows(data, options.split, predictor.params, config.data.fold if own_data else None)
-    predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
-    threshold, recomputed = _operating_thresholds(predictor, config, bool(folds), options.sensitivity, options.workers)
-    result = {
-        "run": str(run), "model": config.model.name, "requested_model": config.model.requested_name, "scenario": config.scenario + (f" ensemble of {len(folds)} folds" if folds else ""),
-        "data": str(data.resolve()), "split": options.split.value, "external": not own_data, "tta": options.tta,
-    } | compute_metrics(predictions, predictor.class_names, threshold, options.bootstrap, options.seed)
-    result["skipped_images"] = predictions.attrs.get("skipped", [])
-    if recomputed is not None:
-        labels, probabilities = _arrays(predictions, predictor.class_names)
-        score = probabilities[:, predictor.class_names.index(FOCUS)]
-        positive = labels == predictor.class_names.index(FOCUS)
-        result[f"{FOCUS}_vs_rest"]["operating_point_recomputed"] = recomputed | metrics.positive_metrics(positive, score, score >= recomputed["threshold"])
-    result["operating_point"] = operating_point_metrics(predictions, predictor.class_names, predictor.operating_point, ensemble=bool(folds))
-    overlaps = own_data and options.split in (Split.val, Split.all)
-    result["shift"] = shift_metrics(predictions, features, predictor.shift_reference(), ensemble=bool(folds),
-                                    skip="the evaluated images include the reference itself (the run's own validation images)" if overlaps else None)
-    if folds:
-        result["folds"] = fold_spread(predictions, members, predictor.class_names)
-    training = _training_rows(config, ensemble=bool(folds))
-    result["shortcut"] = shortcut_metrics(predictions, features, predictor.class_names, training, options.bootstrap, options.seed)
-    settings = None if predictor.guard is None else config.guard.to_dict() if not folds else {
-        "kind": f"{config.guard.kind}, averaged over {len(folds)} folds", "threshold": 1.0, "quantile": config.guard.quantile,
-        "score": "the mean over folds of each fold's score divided by its own threshold"}
-    result["guard"] = guard_metrics(predictions, predictor.class_names, settings, threshold)
-    result["per_view"] = view_metrics(predictions, predictor.class_names)
-    result["trained_views"] = list(predictor.trained_views)
-    if options.lung_model is not None:
-        from cxrclf.segment.attention import lung_attention
+    io.refuse_overlap(out, [*inputs, *own_entries, *(p for p in folder.reads() if p != run)])
+    io.check_output_path(out, overwrite, kinds=("evaluation",))
 
-        result["lung_attention"], predictions["in_lung_share"] = lung_attention(predictor, rows, root, needs, predictions, options.lung_model, options.workers)
-    _write(out, options.overwrite, predictions, predictor.class_names, result, folder)
-    result["out"] = str(out)
-    return result
+
+def _evaluation(options: EvaluateOptions, target: _Target, predictor: Predictor, predictions: pd.DataFrame, features: np.ndarray,
+                members: list[np.ndarray] | None) -> Evaluation:
+    """Every section but the lungs', in the order metrics.json lists them (reads the run's validation and training data where they are unchanged)."""
+    config, classes, ensemble = target.config, predictor.class_names, bool(target.folds)
+    threshold, recomputed = _operating_thresholds(predictor, config, ensemble, options.sensitivity, options.workers)
+    measured = compute_metrics(predictions, classes, threshold, options.bootstrap, options.seed)
+    if recomputed is not None:
+        measured = replace(measured, focus=replace(measured.focus, operating_point_recomputed=recomputed | _focus_rates(predictions, classes, recomputed["threshold"])))
+    overlaps = target.own_data and options.split in (Split.val, Split.all)
+    return Evaluation(
+        run=str(target.folder.path), model=config.model.name, requested_model=config.model.requested_name,
+        scenario=config.scenario + (f" ensemble of {len(target.folds)} folds" if ensemble else ""), data=str(target.data.resolve()),
+        split=options.split.value, external=not target.own_data, tta=options.tta, metrics=measured, skipped_images=predictions.attrs.get("skipped", []),
+        operating_point=operating_point_metrics(predictions, classes, predictor.operating_point, ensemble=ensemble),
+        shift=shift_metrics(predictions, features, predictor.shift_reference(), ensemble=ensemble,
+                            skip="the evaluated images include the reference itself (the run's own validation images)" if overlaps else None),
+        folds=fold_spread(predictions, members, classes) if ensemble else None,
+        shortcut=shortcut_metrics(predictions, features, classes, _training_rows(config, ensemble=ensemble), options.bootstrap, options.seed),
+        guard=guard_metrics(predictions, classes, _guard_settings(predictor, config, len(target.folds)), threshold),
+        per_view=view_metrics(predictions, classes), trained_views=list(predictor.trained_views), out=str(target.out),
+    )
+
+
+def _guard_settings(predictor: Predictor, config: RunConfig, folds: int) -> dict | None:
+    """The guard as the report describes it: the run's settings, or for a fold ensemble the averaged score's; None without one."""
+    if predictor.guard is None:
+        return None
+    if not folds:
+        return config.guard.to_dict()
+    return {"kind": f"{config.guard.kind}, averaged over {folds} folds", "threshold": 1.0, "quantile": config.guard.quantile,
+            "score": "the mean over folds of each fold's score divided by its own threshold"}
 
 
 def _training_rows(config: RunConfig, ensemble: bool = False) -> pd.DataFrame | None:
@@ -353,8 +396,8 @@ def fold_spread(predictions: pd.DataFrame, members: list[np.ndarray], class_name
         for index, name in enumerate(class_names):
             single[f"prob_{name}"] = probabilities[:, index]
         measured = compute_metrics(single, class_names, None, 0, 0)
-        per_fold.append({"accuracy": measured["point"]["accuracy"], "macro_auc": measured["point"]["macro_auc"],
-                         "covid19_auc": measured["point"]["covid19_auc"], "ece": measured["calibration"]["ece"]})
+        per_fold.append({"accuracy": measured.point["accuracy"], "macro_auc": measured.point["macro_auc"],
+                         "covid19_auc": measured.point["covid19_auc"], "ece": measured.calibration.ece})
     values = {k: np.array([f[k] for f in per_fold], dtype=float) for k in keys}
     return {"n": len(members), "per_fold": per_fold, "mean": {k: float(np.nanmean(v)) for k, v in values.items()},
             "std": {k: float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}}
@@ -371,7 +414,7 @@ def guard_metrics(predictions: pd.DataFrame, class_names: list[str], guard: dict
                "coverage": float(1 - flagged.mean()) if len(flagged) else math.nan, "per_source": per_source, "passing": None}
     if len(passing) and passing["label"].nunique() >= 1:
         measured = compute_metrics(passing, class_names, threshold, 0, 0)
-        summary["passing"] = {"n_images": measured["n_images"], "point": measured["point"]}
+        summary["passing"] = {"n_images": measured.n_images, "point": measured.point}
     return summary
 
 
@@ -418,13 +461,13 @@ def _default_name(data: Path, own_data: bool, split: Split) -> str:
     return f"evaluation-{data.resolve().name}-{tag}-{split.value}"
 
 
-def _write(out: Path, overwrite: bool, predictions: pd.DataFrame, class_names: list[str], result: dict, run: RunFolder) -> None:
+def _write(out: Path, overwrite: bool, predictions: pd.DataFrame, class_names: list[str], result: Evaluation, run: RunFolder) -> None:
     from cxrclf.evaluate import html, plots, report
 
     with io.staged_folder(out, overwrite, kind="evaluation") as stage:
         io.write_bytes(stage / "predictions.csv", to_csv_bytes(predictions))
-        io.write_json(stage / "metrics.json", result)
-        figures = plots.write_all(stage, predictions, class_names, result, run.file(RunFolder.METRICS))
+        io.write_json(stage / "metrics.json", result.to_dict())
+        figures = plots.write_all(stage, predictions, class_names, result.metrics, run.file(RunFolder.METRICS))
         text = report.markdown(result, figures)
         io.write_text(stage / "report.md", text)
         io.write_text(stage / "report.html", html.render(text, stage))  # the same report, one self-contained page

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrclf.evaluate.result import Metrics
+
 FIGSIZE = (6.0, 5.0)  # inches
 DPI = 100             # -> 600 x 500 pixels
 
@@ -116,14 +118,15 @@ def training_curves_png(path: Path, history: pd.DataFrame) -> Path:
     return _save(fig, path)
 
 
-def write_all(folder: Path, predictions: pd.DataFrame, class_names: list[str], result: dict, metrics_csv: Path) -> dict[str, str]:
+def write_all(folder: Path, predictions: pd.DataFrame, class_names: list[str], measured: Metrics, metrics_csv: Path) -> dict[str, str]:
+    """The report's figures in ``folder``, by title: confusion matrix, ROC, reliability and (where the run logged them) training curves."""
     labels = np.array([class_names.index(c) for c in predictions["label"]])
     probabilities = predictions[[f"prob_{c}" for c in class_names]].to_numpy(dtype=float)
-    overall = result["overall"]
+    overall = measured.overall
     figures = {
         "confusion matrix": confusion_matrix_png(folder / "confusion_matrix.png", overall["confusion_matrix"], class_names).name,
         "ROC": roc_png(folder / "roc.png", labels, probabilities, class_names, [m["auc"] for m in overall["per_class"]]).name,
-        "reliability": reliability_png(folder / "reliability.png", result["calibration"]["bins"], result["calibration"]["ece"]).name,
+        "reliability": reliability_png(folder / "reliability.png", measured.calibration.bins, measured.calibration.ece).name,
     }
     if Path(metrics_csv).is_file():
         figures["training curves"] = training_curves_png(folder / "training_curves.png", pd.read_csv(metrics_csv)).name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from cxrclf.evaluate.result import Evaluation
 from cxrclf.labels import COVID19
 from cxrclf.models.names import model_label
 
@@ -20,81 +21,107 @@ def _with_interval(value, interval) -> str:
     return f"{_number(value)} [{_number(interval[0])}, {_number(interval[1])}]"
 
 
-def markdown(result: dict, figures: dict[str, str]) -> str:
-    focus = result[f"{COVID19}_vs_rest"]
-    ci = result.get("intervals", {})
+def markdown(result: Evaluation, figures: dict[str, str]) -> str:
+    """report.md: each section of ``result`` in the order a reader needs them, then the figures (``{title: file}``)."""
+    sections = (_title_lines, _fold_lines, _shortcut_lines, _guard_lines, _shift_lines, _lung_lines, _headline_lines, _operating_point_lines,
+                _stored_point_lines, _per_class_lines, _confusion_lines, _per_source_lines, _view_lines, _calibration_lines)
+    lines = [line for section in sections for line in section(result)]
+    lines += ["## Figures", ""] + [f"![{title}]({file})" for title, file in figures.items()] + [""]
+    return "\n".join(lines)
+
+
+def _title_lines(result: Evaluation) -> list[str]:
+    """What was evaluated on what, how the intervals were made, and which images could not be used."""
+    measured = result.metrics
     lines = [
-        f"# Evaluation of {model_label(result['model'], result.get('requested_model'))} ({result['scenario']})",
+        f"# Evaluation of {model_label(result.model, result.requested_model)} ({result.scenario})",
         "",
-        f"- run: `{result['run']}`",
-        f"- data: `{result['data']}`, split `{result['split']}`" + (" (external data)" if result["external"] else ""),
-        f"- {result['n_images']} images of {result['n_patients']} patients; classes: {', '.join(result['classes'])}",
+        f"- run: `{result.run}`",
+        f"- data: `{result.data}`, split `{result.split}`" + (" (external data)" if result.external else ""),
+        f"- {measured.n_images} images of {measured.n_patients} patients; classes: {', '.join(measured.classes)}",
     ]
-    if "bootstrap" in result:
-        b = result["bootstrap"]
-        lines.append(f"- 95% intervals: bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}); exact Clopper-Pearson for COVID-19 sensitivity and specificity")
-    skipped = result.get("skipped_images") or []
+    if measured.bootstrap is not None:
+        lines.append(f"- 95% intervals: bootstrap over patients ({measured.bootstrap.resamples} resamples, seed {measured.bootstrap.seed}); "
+                     "exact Clopper-Pearson for COVID-19 sensitivity and specificity")
+    skipped = result.skipped_images
     if skipped:
         lines += ["", f"{len(skipped)} image(s) could not be used and are left out of every figure below; first: "
                   f"{skipped[0]['image_id']} ({skipped[0]['reason']}). All of them are listed in metrics.json."]
-    lines += _fold_lines(result) + _shortcut_lines(result) + _guard_lines(result) + _shift_lines(result) + _lung_lines(result)
-    lines += ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
+    return lines
+
+
+def _headline_lines(result: Evaluation) -> list[str]:
+    """Macro averages and COVID-19 against the rest with their intervals, and COVID-19's sensitivity and specificity in words."""
+    measured, at_argmax = result.metrics, result.metrics.focus.at_argmax
+    lines = ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
     for key, label in HEADLINE:
-        macro = result["point"]["accuracy"] if key == "accuracy" else result["point"][f"macro_{key}"]
-        macro_ci = ci.get("accuracy") if key == "accuracy" else ci.get(f"macro_{key}")
-        covid = focus["at_argmax"][key]
-        covid_ci = ci.get(f"{COVID19}_{key}") if key != "accuracy" else None
-        lines.append(f"| {label} | {_with_interval(macro, macro_ci)} | {_with_interval(covid, covid_ci)} |")
-    cp = focus["clopper_pearson"]
-    lines += [
+        name = "accuracy" if key == "accuracy" else f"macro_{key}"
+        covid_ci = measured.interval(f"{COVID19}_{key}") if key != "accuracy" else None
+        lines.append(f"| {label} | {_with_interval(measured.point[name], measured.interval(name))} | {_with_interval(at_argmax[key], covid_ci)} |")
+    exact = result.metrics.focus.clopper_pearson
+    return lines + [
         "",
-        f"COVID-19 sensitivity {_number(focus['at_argmax']['recall'])} (exact 95% interval {_number(cp['recall'][0])} to {_number(cp['recall'][1])}, "
-        f"{focus['at_argmax']['tp']} of {focus['at_argmax']['tp'] + focus['at_argmax']['fn']} COVID-19 images); specificity {_number(focus['at_argmax']['specificity'])} "
-        f"({_number(cp['specificity'][0])} to {_number(cp['specificity'][1])}).",
+        f"COVID-19 sensitivity {_number(at_argmax['recall'])} (exact 95% interval {_number(exact['recall'][0])} to {_number(exact['recall'][1])}, "
+        f"{at_argmax['tp']} of {at_argmax['tp'] + at_argmax['fn']} COVID-19 images); specificity {_number(at_argmax['specificity'])} "
+        f"({_number(exact['specificity'][0])} to {_number(exact['specificity'][1])}).",
     ]
-    if "operating_point" in focus:
-        op = focus["operating_point"]
-        lines += ["", "## Operating point (chosen on validation, never on these data)", "",
-                  f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}; {op.get('source', 'recomputed on validation')}): "
-                  f"validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}."]
-        again = focus.get("operating_point_recomputed")
-        header = "| at this threshold | value |" if again is None else f"| at this threshold | stored ({op['threshold']:.4f}) | recomputed ({again['threshold']:.4f}, {again['rule']}) |"
-        lines += ["", header, "|---|---|" if again is None else "|---|---|---|"]
-        lines += [f"| {label} | {_number(op[key])} |" + ("" if again is None else f" {_number(again[key])} |") for key, label in HEADLINE]
-    else:
-        lines += ["", "No operating point: " + ("the folds' thresholds fit their own probabilities, not their average." if result.get("folds")
-                                                else "the run stores none and its validation data could not be found.")]
-    lines += _stored_point_lines(result)
-    lines += ["", "## Per class (one vs rest)", "", "| class | support | precision | recall | specificity | F1 | AUC |", "|---|---|---|---|---|---|---|"]
-    for name, m in zip(result["classes"], result["overall"]["per_class"]):
+
+
+def _operating_point_lines(result: Evaluation) -> list[str]:
+    """COVID-19 at the threshold chosen on validation (and one recomputed for --sensitivity beside it), or why there is none."""
+    op, again = result.metrics.focus.operating_point, result.metrics.focus.operating_point_recomputed
+    if op is None:
+        return ["", "No operating point: " + ("the folds' thresholds fit their own probabilities, not their average." if result.folds
+                                              else "the run stores none and its validation data could not be found.")]
+    lines = ["", "## Operating point (chosen on validation, never on these data)", "",
+             f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}; {op.get('source', 'recomputed on validation')}): "
+             f"validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}."]
+    header = "| at this threshold | value |" if again is None else f"| at this threshold | stored ({op['threshold']:.4f}) | recomputed ({again['threshold']:.4f}, {again['rule']}) |"
+    lines += ["", header, "|---|---|" if again is None else "|---|---|---|"]
+    return lines + [f"| {label} | {_number(op[key])} |" + ("" if again is None else f" {_number(again[key])} |") for key, label in HEADLINE]
+
+
+def _per_class_lines(result: Evaluation) -> list[str]:
+    lines = ["", "## Per class (one vs rest)", "", "| class | support | precision | recall | specificity | F1 | AUC |", "|---|---|---|---|---|---|---|"]
+    for name, m in zip(result.metrics.classes, result.metrics.overall["per_class"]):
         lines.append(f"| {name} | {m['support']} | {_number(m['precision'])} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['f1'])} | {_number(m['auc'])} |")
-    lines += ["", "## Confusion matrix (rows true, columns predicted)", "", "| | " + " | ".join(result["classes"]) + " |", "|---" * (len(result["classes"]) + 1) + "|"]
-    for name, row in zip(result["classes"], result["overall"]["confusion_matrix"]):
+    return lines
+
+
+def _confusion_lines(result: Evaluation) -> list[str]:
+    classes = result.metrics.classes
+    lines = ["", "## Confusion matrix (rows true, columns predicted)", "", "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for name, row in zip(classes, result.metrics.overall["confusion_matrix"]):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "## Per source", "", "When one source carries a class, a high score may measure the source, not the disease.", "",
-              "| source | images | accuracy | classes present | recall per class |", "|---|---|---|---|---|"]
-    for source, s in result["per_source"].items():
+    return lines
+
+
+def _per_source_lines(result: Evaluation) -> list[str]:
+    lines = ["", "## Per source", "", "When one source carries a class, a high score may measure the source, not the disease.", "",
+             "| source | images | accuracy | classes present | recall per class |", "|---|---|---|---|---|"]
+    for source, s in result.metrics.per_source.items():
         lines.append(f"| {source} | {s['n']} | {_number(s['accuracy'])} | {', '.join(f'{k} {v}' for k, v in s['classes'].items())} | {', '.join(f'{k} {_number(v)}' for k, v in s['recall'].items())} |")
-    lines += _view_lines(result)
-    cal = result["calibration"]
-    lines += ["", "## Calibration", "", f"Expected calibration error {_number(cal['ece'])} (10 bins, top-label); Brier score {_number(cal['brier'])}.", ""]
-    lines += ["## Figures", ""] + [f"![{title}]({file})" for title, file in figures.items()] + [""]
-    return "\n".join(lines)
+    return lines
+
+
+def _calibration_lines(result: Evaluation) -> list[str]:
+    found = result.metrics.calibration
+    return ["", "## Calibration", "", f"Expected calibration error {_number(found.ece)} (10 bins, top-label); Brier score {_number(found.brier)}.", ""]
 
 
 TABLE_COLUMNS = ("accuracy", "precision", "recall", "auc", "specificity", "f1")
 
 
-def scenario_rows(results: list[dict]) -> list[dict]:
+def scenario_rows(results: list[Evaluation]) -> list[dict]:
     """The paper's Table 4: per run, metrics with intervals (binary: COVID-19 class; else macro)."""
     rows = []
     for r in results:
-        binary = len(r["classes"]) == 2
-        row = {"model": r["model"], "scenario": r["scenario"], "run": r["run"]}
+        binary = len(r.metrics.classes) == 2
+        row = {"model": r.model, "scenario": r.scenario, "run": r.run}
         for key in TABLE_COLUMNS:
             name = "accuracy" if key == "accuracy" else (f"{COVID19}_{key}" if binary else f"macro_{key}")
-            row[key] = r["point"][name]
-            interval = r.get("intervals", {}).get(name)
+            row[key] = r.metrics.point[name]
+            interval = r.metrics.interval(name)
             row[f"{key}_low"], row[f"{key}_high"] = (interval if interval else (None, None))
         rows.append(row)
     order = {code: i for i, code in enumerate(("CB", "CM3", "CM4", "RB", "RM3", "RM4"))}
@@ -120,11 +147,11 @@ def scenario_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shortcut_lines(result: dict) -> list[str]:
+def _shortcut_lines(result: Evaluation) -> list[str]:
     """Within-source AUCs, the source-only baseline and the source probe: how much of the score is the archive."""
     from cxrclf.evaluate import shortcut
 
-    found = result.get("shortcut")
+    found = result.shortcut
     if not found:
         return []
     lines = ["", "## Within each source (the honest figure)", "",
@@ -141,19 +168,33 @@ def _shortcut_lines(result: dict) -> list[str]:
     return lines
 
 
-def _lung_lines(result: dict) -> list[str]:
-    """Where the model looks: Grad-CAM inside the lung fields (evaluate --lung-model)."""
-    from cxrclf.segment.attention import markdown_lines
+def _lung_lines(result: Evaluation) -> list[str]:
+    """Where the model looks: Grad-CAM inside the lung fields (evaluate --lung-model), as :func:`cxrclf.explain.in_lung.summarise`
+    summed it up; its line is one half (:data:`~cxrclf.explain.in_lung.LOOKS_OUTSIDE`): more evidence outside the lungs than inside."""
+    summary = result.lung_attention
+    if not summary:
+        return []
 
-    return markdown_lines(result.get("lung_attention"))
+    lines = ["", "## Where the model looks (Grad-CAM inside the lung fields)", "",
+             f"Share of the positive Grad-CAM evidence for the predicted class that falls inside the lung fields found by `{summary['segmenter']}` "
+             "in the image the model saw; the lung area is what an evenly spread map would score. "
+             "Below 50%, the model draws most of its evidence from outside the lungs (borders, labels, devices, the source's look).", ""]
+    lines += [f"**Warning:** {w}." for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
+    lines += ["| group | images | mean in-lung share | mean lung area | images below 50% |", "|---|---|---|---|---|"]
+    overall = summary["overall"]
+    lines.append(f"| all | {overall['images']} | {_number(overall['in_lung_share'])} | {_number(overall['lung_area'])} | {overall['below_half']} |")
+    for scope, key in (("class", "per_class"), ("source", "per_source")):
+        for name, values in summary[key].items():
+            lines.append(f"| {scope} {name} | {values['images']} | {_number(values['in_lung_share'])} | {_number(values['lung_area'])} | {values['below_half']} |")
+    return lines
 
 
-def _view_lines(result: dict) -> list[str]:
+def _view_lines(result: Evaluation) -> list[str]:
     """Per view (PA, AP, ...): the answers and the guard's flags, where the data records views."""
-    views = result.get("per_view")
+    views = result.per_view
     if not views:
         return []
-    trained = result.get("trained_views")
+    trained = result.trained_views
     lines = ["", "## Per view", "", (f"This run was trained on {', '.join(trained)} films. " if trained else "")
              + "A model that learned from PA films may read the portable machine, not the lungs, in an AP film: "
              "compare how often each view is called COVID-19, and how often the guard flags it.", "",
@@ -164,8 +205,9 @@ def _view_lines(result: dict) -> list[str]:
     return lines
 
 
-def _guard_lines(result: dict) -> list[str]:
-    guard = result.get("guard")
+def _guard_lines(result: Evaluation) -> list[str]:
+    """The guard's flags per source, and the headline on the images it lets through beside all images."""
+    guard = result.guard
     if not guard:
         return []
     lines = ["", "## Out-of-distribution guard", ""]
@@ -180,31 +222,31 @@ def _guard_lines(result: dict) -> list[str]:
     lines += [f"| {s} | {v['images']} | {v['flagged']} | {_number(v['flag_rate'])} | {v['by_input_checks']} |" for s, v in guard["per_source"].items()]
     passing = guard.get("passing")
     if passing:
-        every, kept = result["point"], passing["point"]
-        lines += ["", "| metric | all images | images passing the guard |", "|---|---|---|", f"| images | {result['n_images']} | {passing['n_images']} |"]
+        every, kept = result.metrics.point, passing["point"]
+        lines += ["", "| metric | all images | images passing the guard |", "|---|---|---|", f"| images | {result.metrics.n_images} | {passing['n_images']} |"]
         for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("covid19_recall", "COVID-19 sensitivity"), ("covid19_specificity", "COVID-19 specificity")):
             lines.append(f"| {label} | {_number(every.get(key))} | {_number(kept.get(key))} |")
     return lines
 
 
-def _fold_lines(result: dict) -> list[str]:
+def _fold_lines(result: Evaluation) -> list[str]:
     """A fold ensemble beside its folds: what averaging buys over one fold."""
-    folds = result.get("folds")
+    folds = result.folds
     if not folds:
         return []
     lines = ["", f"## Fold ensemble ({folds['n']} folds, probabilities averaged)", "",
              "No operating point: every validation image of one fold was a training image of the others.", "",
              "| metric | ensemble | mean of the folds | spread (sd) |", "|---|---|---|---|"]
-    ensemble = {"accuracy": result["point"]["accuracy"], "macro_auc": result["point"]["macro_auc"], "covid19_auc": result["point"]["covid19_auc"],
-                "ece": result["calibration"]["ece"]}
+    point = result.metrics.point
+    ensemble = {"accuracy": point["accuracy"], "macro_auc": point["macro_auc"], "covid19_auc": point["covid19_auc"], "ece": result.metrics.calibration.ece}
     for key, label in (("macro_auc", "macro AUC"), ("covid19_auc", "COVID-19 vs rest AUC"), ("accuracy", "accuracy"), ("ece", "ECE (lower is better)")):
         lines.append(f"| {label} | {_number(ensemble[key])} | {_number(folds['mean'][key])} | {_number(folds['std'][key])} |")
     return lines
 
 
-def _stored_point_lines(result: dict) -> list[str]:
+def _stored_point_lines(result: Evaluation) -> list[str]:
     """Every class against the rest at the thresholds the run stores (what predict's ``positive`` uses)."""
-    point = result.get("operating_point")
+    point = result.operating_point
     if not point:
         return []
     if not point["stored"]:
@@ -217,9 +259,9 @@ def _stored_point_lines(result: dict) -> list[str]:
     return lines
 
 
-def _shift_lines(result: dict) -> list[str]:
+def _shift_lines(result: Evaluation) -> list[str]:
     """The batch shift test: are these images, all and per source, drawn from the run's validation data?"""
-    shift = result.get("shift")
+    shift = result.shift
     if not shift:
         return []
     lines = ["", "## Batch shift test", ""]

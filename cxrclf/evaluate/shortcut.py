@@ -24,7 +24,7 @@ import pandas as pd
 
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate.intervals import bootstrap
-from cxrclf.evaluate.metrics import auc_score
+from cxrclf.metrics import auc_score
 
 __all__ = [
     "FAR_ABOVE_CHANCE",
@@ -226,12 +226,7 @@ def source_probe(features: np.ndarray, sources: np.ndarray, folds: int = 5, seed
     patient seen in training makes its other images easier to place, so with many images
     per patient the score leans high.
     """
-    features = np.asarray(features, dtype=float)
-    sources = np.asarray(sources).astype(str)
-    if features.ndim != 2 or len(features) != len(sources):
-        raise CxrclfError(f"source_probe needs features of shape (images, dimensions) and one source per image; got features {features.shape} and {len(sources)} sources")
-    if folds < 2:
-        raise CxrclfError(f"source_probe needs at least 2 folds, not {folds}")
+    features, sources = _probe_inputs(features, sources, folds)
     names, counts = np.unique(sources, return_counts=True)
     kept = {str(n): int(c) for n, c in zip(names, counts) if c >= 2}
     dropped = {str(n): int(c) for n, c in zip(names, counts) if c < 2}
@@ -244,16 +239,11 @@ def source_probe(features: np.ndarray, sources: np.ndarray, folds: int = 5, seed
         result["reason"] = f"needs at least 2 sources with 2 or more images each, found {len(kept)}"
         return result
 
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, recall_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    x, y = features[keep], sources[keep]
+    y = sources[keep]
     used = min(folds, min(kept.values()))
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER, class_weight="balanced"))
-    predicted = cross_val_predict(probe, x, y, cv=StratifiedKFold(n_splits=used, shuffle=True, random_state=seed))
+    predicted = _out_of_fold_sources(features[keep], y, used, seed)
     labels = sorted(kept)
     recalls = recall_score(y, predicted, labels=labels, average=None)
     result.update({
@@ -263,6 +253,28 @@ def source_probe(features: np.ndarray, sources: np.ndarray, folds: int = 5, seed
         "folds": used,
     })
     return result
+
+
+def _probe_inputs(features, sources, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` as floats and ``sources`` as strings, or a one-line error about their shapes or the folds."""
+    features = np.asarray(features, dtype=float)
+    sources = np.asarray(sources).astype(str)
+    if features.ndim != 2 or len(features) != len(sources):
+        raise CxrclfError(f"source_probe needs features of shape (images, dimensions) and one source per image; got features {features.shape} and {len(sources)} sources")
+    if folds < 2:
+        raise CxrclfError(f"source_probe needs at least 2 folds, not {folds}")
+    return features, sources
+
+
+def _out_of_fold_sources(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each image's source as predicted by the probe trained on the other folds (stratified, shuffled with ``seed``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER, class_weight="balanced"))
+    return cross_val_predict(probe, x, y, cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
 
 
 def _number(value) -> str:

@@ -1,1 +1,2 @@
-"""Explanations of a run's predictions: LIME superpixels and Grad-CAM heatmaps."""
+"""Explanations of a run's predictions: LIME superpixels and Grad-CAM heatmaps, and how much of them falls
+inside the lung fields (:mod:`cxrclf.explain.in_lung`)."""

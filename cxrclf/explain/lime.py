@@ -3,8 +3,8 @@
 Superpixels come from SLIC on the grey image (lime's default quickshift is tuned for
 colour photographs). A hidden superpixel is filled with the image's median grey, not
 black: a black hole is a strong, unnatural signal of its own, and with it the weights on a
-synthetic image with a known signal region were at chance level (0.25-0.29 of the positive
-mass inside a region of 25%) against 0.95 with the median. The classifier function runs
+synthetic image with a known signal region fell to chance (docs/performance.md, "cxrclf
+explain"). The classifier function runs
 the run's model on whole batches, and both the sampling and the explainer are seeded, so
 one input gives one explanation.
 """

@@ -18,8 +18,8 @@ guard adds two layers of doubt, cheapest first.
    images' pooled backbone features at the end of training, a class-conditional Gaussian
    (:class:`GaussianDetector`) scores how far an image's features lie from every class;
    :class:`EnergyDetector` reads the same from the logits and needs no fit. The threshold
-   is a quantile of the validation images' scores (0.95: about 5 % false alarms on images
-   like the training ones). :mod:`cxrclf.guard.features` gives the logits and features
+   is read off the validation images' scores by the split-conformal rule
+   (:func:`threshold_from`: at most 5 % false alarms expected on images like them). :mod:`cxrclf.guard.features` gives the logits and features
    of a batch from one forward pass.
 3. A test of the whole batch (:mod:`cxrclf.guard.shift`): images of an unseen hospital pass
    the per-image score one by one, yet as a batch a domain classifier tells them from the

@@ -1,7 +1,7 @@
 """Out-of-distribution scores learned from (or read off) the model, and their thresholds.
 
 Two detectors share one interface: ``score`` (higher = further from the training images),
-``calibrate`` (threshold = a quantile of in-distribution validation scores), ``flag``
+``calibrate`` (threshold from in-distribution validation scores, :func:`threshold_from`), ``flag``
 (score above the threshold), ``save`` / :func:`load_detector` (a ``.safetensors`` file, no
 pickle). ``needs`` says what ``score`` takes: pooled backbone features or logits
 (:mod:`cxrclf.guard.features` gives both from one forward pass).
@@ -24,60 +24,118 @@ distance is the length of ``W (x - mu_c)``, computed on the difference, never as
 ``-T logsumexp(logits / T)``, needing no fit; the baseline to beat.
 
 The file holds the tensors (float64) and string metadata: ``format``, ``version``, ``kind``,
-``threshold``, ``quantile`` and the detector's parameters. :func:`load_detector` checks all
-of it and raises :class:`CxrclfError` for a truncated, damaged or foreign file. A Gaussian's
-file is about D x D x 8 bytes: 13 MB for 1280 features, 130 MB for NASNet's 4032.
+``threshold``, ``quantile``, ``rule`` (how the threshold was read off the validation scores;
+files written before the rule was recorded lack it and mean ``quantile``) and the detector's
+parameters. :func:`load_detector` checks all of it and raises :class:`CxrclfError` for a
+truncated, damaged or foreign file. A Gaussian's file is about D x D x 8 bytes: 13 MB for
+1280 features, 130 MB for NASNet's 4032.
 
 Calibrate on held-out validation images, never on the training images: with more
-features than images the training images sit much closer to their fitted means (with an
-untrained 256-feature baseline and 40 phantoms, half the distance of fresh phantoms), so a
-threshold from them would flag most new in-distribution images.
+features than images the training images sit much closer to their fitted means than fresh
+images of the same kind, so a threshold from them would flag most new in-distribution images.
 
 ``normalise=True`` fits and scores L2-normalised features instead (direction only, as in
-cosine-similarity OOD methods). Measured, it is no default: on synthetic Gaussians it
-loses power (256 features, 60 images: 65 % -> 45 % of a shifted cloud caught), on
-phantoms with an untrained baseline it changes nothing, and on real cxr-mini PA films
-with pretrained EfficientNet-Lite0 features it trades (laterals 7 -> 8 of 8 caught, AP
-38 -> 48 %, negated films 88 -> 69 %, false alarms 12 -> 8 % of 65 test films).
-
-In that last measurement (features of the pretrained backbone, no fine-tuning; fit on 184
-PA films of four classes, threshold at the 95 % quantile of 66 others, patients kept
-apart), the Gaussian score flagged all 4 CT slices, 17 grey photographs and 5 noise
-images, 7 of 8 laterals, 88 % of 65 negated PA films and 38 % of 113 AP films, with 12 %
-false alarms on 65 held-out PA films (5 % expected; a small, mixed-source sample). The
-energy of a linear head fitted on the same features flagged 0 %, 29 %, 0 %, 2 of 8, 14 %
-and 1 %, with 3 % false alarms.
+cosine-similarity OOD methods). It is no default: measured, it loses power on synthetic
+clouds and only trades one kind of catch for another on real films. Those measurements,
+and what the Gaussian and energy scores catch on pretrained features, are in
+docs/performance.md ("The out-of-distribution guard").
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from cxrclf.errors import CxrclfError
 
+if TYPE_CHECKING:
+    from cxrclf.runs import GuardSettings
+
 FILE_FORMAT = "cxrclf-ood-detector"
 FILE_VERSION = "1"
 DEFAULT_QUANTILE = 0.95
+# How a threshold is read off n validation scores (threshold_from): "conformal" for runs trained
+# now; "quantile" is what runs trained before the rule was recorded used, kept so that their
+# stored thresholds keep their meaning.
+THRESHOLD_RULES = ("conformal", "quantile")
+DEFAULT_RULE = "conformal"
+LEGACY_RULE = "quantile"
 # Ledoit-Wolf's shrinkage tends to 0 with many more images than features; the floor keeps the
 # covariance invertible whatever the data (a dead unit, a feature 0 for every training image,
 # already gets some: 0.03 with 3000 images of 10 features).
 MIN_SHRINKAGE = 1e-6
 
 
-def threshold_from(scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
-    """The ``quantile`` of in-distribution (validation) ``scores``: flagging above it gives a
-    false-alarm rate of about ``1 - quantile`` on images like those."""
+def threshold_from(scores: np.ndarray, quantile: float = DEFAULT_QUANTILE, rule: str = DEFAULT_RULE) -> float:
+    """The threshold above which a score is flagged, from n in-distribution (validation) ``scores``.
+
+    ``conformal`` (split-conformal; Vovk et al. 2005, Angelopoulos and Bates 2021): the k-th
+    smallest score, k = ceil((n + 1) * quantile). For a new image exchangeable with the
+    validation images, P(score > threshold) <= 1 - quantile whatever the scores' distribution
+    (exactly 1 - k / (n + 1) for distinct scores), once n >= quantile / (1 - quantile) (19
+    scores at 0.95). With fewer, k exceeds n and the threshold is the largest score, which
+    flags a new image with probability 1 / (n + 1), more than 1 - quantile: no threshold read
+    off so few scores can promise the rate.
+
+    ``quantile``: ``np.quantile``'s interpolated empirical quantile (the rule of runs trained
+    before the rule was recorded). Its false-alarm rate on new images exceeds 1 - quantile
+    when n is small: about 8% for 0.95 with 26 validation images (tests/guard measure it).
+    """
     quantile = _check_quantile(quantile)
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0:
         raise ValueError("a threshold needs at least one validation score, got none")
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"validation scores must be finite, got {int(np.sum(~np.isfinite(scores)))} NaN or infinite")
-    return float(np.quantile(scores, quantile))
+    if rule == LEGACY_RULE:
+        return float(np.quantile(scores, quantile))
+    return float(np.sort(scores)[min(conformal_rank(scores.size, quantile), scores.size) - 1])
+
+
+def conformal_rank(count: int, quantile: float) -> int:
+    """k = ceil((count + 1) * quantile): the rank (1 = smallest) of the split-conformal threshold
+    among ``count`` scores; above ``count`` when they are too few to promise ``1 - quantile``.
+
+    The product is rounded to 9 decimals first, so that a quantile written in decimals lands on
+    the rank it means (20 * 0.95 is 19, whatever the last bit of the binary 0.95).
+    """
+    return math.ceil(round((count + 1) * quantile, 9))
+
+
+def describe_threshold(quantile: float, rule: str, images: int) -> str:
+    """How a guard's threshold was chosen, in words (for the training log and the model card)."""
+    if rule == LEGACY_RULE:
+        return f"the {quantile:.0%} quantile of {images} validation images' scores"
+    rank = conformal_rank(images, quantile)
+    if rank > images:
+        return (f"the largest of {images} validation images' scores: too few for the split-conformal {quantile:.0%} threshold, "
+                f"expected false alarms on images like them 1/{images + 1}")
+    return (f"the split-conformal {quantile:.0%} threshold: the {_ordinal(rank)} smallest of {images} validation images' scores; "
+            f"expected false alarms on images like them at most {1 - quantile:.0%}")
+
+
+def calibrate_guard(detector: GaussianDetector, val_features: np.ndarray, train_images: int, quantile: float = DEFAULT_QUANTILE,
+                    rule: str = DEFAULT_RULE) -> GuardSettings:
+    """Set a fitted ``detector``'s threshold from the validation images' pooled features, and
+    describe it as a run's ``config.json`` records it.
+
+    ``train`` calls it on the validation features it has just computed; they are also what the
+    run's ``reference.safetensors`` stores, so a run's guard can be recalibrated under another
+    rule without its images (``benchmarks/ood.py`` does, for runs trained before the rule was
+    recorded).
+    """
+    from cxrclf.runs import GuardSettings
+
+    scores = detector.score(val_features)
+    detector.calibrate(scores, quantile, rule)
+    return GuardSettings(kind=detector.kind, threshold=float(detector.threshold), quantile=float(quantile), rule=rule,
+                         feature_dim=int(detector.feature_dim), train_images=int(train_images), val_images=int(scores.size),
+                         val_flag_rate=float(detector.flag(scores).mean()))
 
 
 class Detector:
@@ -89,14 +147,16 @@ class Detector:
     def __init__(self) -> None:
         self.threshold: float | None = None
         self.quantile: float | None = None
+        self.rule: str | None = None
 
     def score(self, values: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def calibrate(self, scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> Detector:
+    def calibrate(self, scores: np.ndarray, quantile: float = DEFAULT_QUANTILE, rule: str = DEFAULT_RULE) -> Detector:
         """Set the threshold from in-distribution validation ``scores`` (see :func:`threshold_from`)."""
-        self.threshold = threshold_from(scores, quantile)
+        self.threshold = threshold_from(scores, quantile, rule)
         self.quantile = float(quantile)
+        self.rule = rule
         return self
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
@@ -117,6 +177,7 @@ class Detector:
             "kind": self.kind,
             "threshold": "" if self.threshold is None else repr(float(self.threshold)),
             "quantile": "" if self.quantile is None else repr(float(self.quantile)),
+            "rule": self.rule or "",
             **self._metadata(),
         }
         tensors = {name: np.ascontiguousarray(array) for name, array in self._tensors().items()}
@@ -139,7 +200,7 @@ class Detector:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(threshold={self.threshold}, quantile={self.quantile})"
+        return f"{type(self).__name__}(threshold={self.threshold}, quantile={self.quantile}, rule={self.rule})"
 
 
 class GaussianDetector(Detector):
@@ -311,9 +372,13 @@ def load_detector(path: str | Path) -> Detector:
         threshold, quantile = metadata.get("threshold"), metadata.get("quantile")
         if threshold is None or quantile is None or bool(threshold) != bool(quantile):
             raise ValueError("threshold and quantile must both be present or both be empty")
+        rule = metadata.get("rule", LEGACY_RULE if threshold else "")  # files written before the rule was recorded
+        if bool(rule) != bool(threshold) or (rule and rule not in THRESHOLD_RULES):
+            raise ValueError(f"rule {rule!r} does not fit threshold {threshold!r} (one of {', '.join(THRESHOLD_RULES)} with a threshold, empty without)")
         if threshold:
             detector.threshold = float(threshold)
             detector.quantile = _check_quantile(float(quantile))
+            detector.rule = rule
             if not math.isfinite(detector.threshold):
                 raise ValueError(f"threshold {threshold!r} is not finite")
     except (ValueError, KeyError, TypeError) as exc:
@@ -373,6 +438,11 @@ def _as_matrix(values: np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{what} hold {int(np.sum(~np.isfinite(array)))} NaN or infinite values")
     return array
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _check_quantile(quantile: float) -> float:

@@ -6,7 +6,7 @@ head layers the architecture has, such as MobileNetV3's ``conv_head``), so the f
 ``model.pooled_features(x)`` and the logits ``model.head(features)``: the model's own
 modules, no hooks, and one forward pass gives both. Both run in inference mode with the
 model in eval mode (BatchNorm running statistics, no dropout), whatever mode it was in; the
-mode is restored afterwards. Input may be channels_last, as :class:`cxrclf.inference.Predictor`
+mode is restored afterwards. Input may be channels_last, as :class:`cxrclf.inference.RunPredictor`
 makes it. Under an autocast context the features come out in its precision; they are
 returned as float32.
 """

@@ -195,11 +195,11 @@ _ALTERNATIVES = ((1, False), (2, False), (3, False), (0, True))   # (quarter tur
 def orientation_reasons(plane: np.ndarray, segmenter) -> list[str]:
     """The reasons of :func:`lung_warnings` for an input plane (float32 (S, S) in [0, 1], as ``segmenter_plane`` makes it)."""
     threshold = segmenter.threshold
-    upright = describe_pair(segmenter.plane_probabilities(plane), plane, threshold)
+    upright = describe_pair(segmenter.plane_probabilities(plane, folded=True), plane, threshold)
     if upright.is_pair and upright.confidence >= SURE_CONFIDENCE:
         return []
     turned = [np.ascontiguousarray(np.rot90(1.0 - plane if inverted else plane, turns)) for turns, inverted in _ALTERNATIVES]
-    pairs = [describe_pair(p, t, threshold) for p, t in zip(segmenter.plane_probabilities(np.stack(turned)), turned)]
+    pairs = [describe_pair(p, t, threshold) for p, t in zip(segmenter.plane_probabilities(np.stack(turned), folded=True), turned)]
     floor = max(TURN_CONFIDENCE, upright.confidence + TURN_MARGIN if upright.is_pair else 0.0)  # an upright pair yields only to a surer one
     candidates = [(pair.confidence, alternative) for pair, alternative in zip(pairs, _ALTERNATIVES) if pair.is_pair and pair.confidence >= floor]
     if candidates:
@@ -231,7 +231,7 @@ def _shrunk(pixels: np.ndarray, size: int) -> np.ndarray:
     """``pixels`` resized to ``size`` x ``size`` in their own integer type, as ``segmenter_plane`` would resize them in float.
 
     A 3000-pixel film turned into float32 before shrinking costs more than the network
-    (10 ms of the 27 measured per Cohen figure); shrunk first, the plane differs by the
+    (docs/performance.md, "Lung-based input checks"); shrunk first, the plane differs by the
     rounding of the averaged grey levels (at most half a level), which the checks cannot see.
     """
     import cv2

@@ -24,8 +24,8 @@ predictions are a linear function of the labels (``(H y - diag(H) y) / (1 - diag
 = K (K + lambda I)^-1``), so every permutation costs one matrix product, not a refit.
 
 Chosen over the kernel MMD^2 test by measurement on a real run's features (docs/performance.md,
-``benchmarks/shift_test.py``): the same false-positive rate, more power on subtle shifts (10
-NIH films, an archive the run never saw: called shifted in 77 % of draws against 23 %).
+``benchmarks/shift_test.py``): the same false-positive rate, more power on subtle shifts (a
+few films of an archive the run never saw).
 
 A reference drawn in one mix of sources and a batch in another differ for real: the result
 says which sources the reference holds, and :meth:`Reference.select` narrows it to some.

@@ -155,29 +155,10 @@ def create_model(
     the model's native input size.
     """
     name = check_model_name(name)
-    num_classes = _check_int("num_classes", num_classes, minimum=2, hint="a classifier needs at least two classes")
-    if in_chans not in SUPPORTED_IN_CHANS:
-        raise CxrclfError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise CxrclfError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-    if image_size is not None:
-        image_size = _check_int("image_size", image_size, minimum=BASELINE_MIN_INPUT_SIZE, hint="pixels per side")
-    requested_blocks = parse_trainable_blocks(trainable_blocks)
-    if weights is not None and not pretrained:
-        raise CxrclfError("both a weights file and no-pretrained were given; drop --no-pretrained to use --weights")
-
+    image_size, requested_blocks = _check_options(num_classes, pretrained, weights, trainable_blocks, dropout, in_chans, image_size)
     config = input_config(name, image_size=image_size, in_chans=in_chans)
     backbone = _build_backbone(name, in_chans=in_chans, image_size=image_size)
-
-    from cxrclf.models.weights import load_pretrained
-
-    if weights is not None:
-        source = load_pretrained(backbone, name, Path(weights))
-    elif pretrained and name != BASELINE_NAME:
-        source = load_pretrained(backbone, name, None)
-    else:
-        source = SCRATCH_SOURCE
-
+    source = _starting_weights(backbone, name, pretrained, weights)
     model = Classifier(backbone, num_classes, num_features=pooled_width(backbone, name, in_chans, config.input_size), dropout=float(dropout))
     trainable, total_blocks = freeze_backbone(model, None if source == SCRATCH_SOURCE else requested_blocks)
     model.train()
@@ -194,6 +175,32 @@ def create_model(
         trainable_blocks=trainable,
         total_blocks=total_blocks,
     )
+
+
+def _check_options(num_classes, pretrained, weights, trainable_blocks, dropout, in_chans, image_size) -> tuple[int | None, int | None]:
+    """:func:`create_model`'s arguments checked at the door (one-line errors); returns the image size and block count."""
+    _check_int("num_classes", num_classes, minimum=2, hint="a classifier needs at least two classes")
+    if in_chans not in SUPPORTED_IN_CHANS:
+        raise CxrclfError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise CxrclfError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+    if image_size is not None:
+        image_size = _check_int("image_size", image_size, minimum=BASELINE_MIN_INPUT_SIZE, hint="pixels per side")
+    requested_blocks = parse_trainable_blocks(trainable_blocks)
+    if weights is not None and not pretrained:
+        raise CxrclfError("both a weights file and no-pretrained were given; drop --no-pretrained to use --weights")
+    return image_size, requested_blocks
+
+
+def _starting_weights(backbone: nn.Module, name: str, pretrained: bool, weights: Path | None) -> str:
+    """Load ``weights``, or the pretrained weights found for ``name``, into ``backbone``; returns where they came from."""
+    from cxrclf.models.weights import load_pretrained
+
+    if weights is not None:
+        return load_pretrained(backbone, name, Path(weights))
+    if pretrained and name != BASELINE_NAME:
+        return load_pretrained(backbone, name, None)
+    return SCRATCH_SOURCE
 
 
 def check_model_name(name: str) -> str:

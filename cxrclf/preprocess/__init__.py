@@ -1,6 +1,7 @@
 """Image preprocessing of the paper: burned-in text removal (Eq. 4), adaptive TV denoising (Eq. 5), resizing.
 
-Pure transforms on arrays; reading and writing images happens in :mod:`cxrclf.preprocess.batch`.
+Pure transforms on arrays, handed a lung segmenter when the parameters crop or mask to the lungs,
+never loading one; reading and writing images is the preprocessing stage's, :mod:`cxrclf.prepare`.
 :func:`preprocess_image` is the single function that training data, ``predict``, ``explain``
 and ``evaluate`` on external data all go through.
 """

@@ -15,7 +15,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+from cxrclf.choices import Inpaint
+
+INPAINT_METHODS = {Inpaint.telea: cv2.INPAINT_TELEA, Inpaint.ns: cv2.INPAINT_NS}
 
 # Defaults, measured (see text_mask); PreprocessParams takes its defaults from here.
 TEXT_THRESHOLD = 0.85
@@ -53,13 +55,11 @@ def text_mask(
     their anti-aliased fringe (top-hat at least half of ``contrast``) and are finally
     dilated by ``grow`` px so that inpainting starts from untouched pixels.
 
-    Defaults, by measurement: on the phantoms (all findings, 256 / 331 / 1024 px, uint8,
-    uint16, float32) they cut the error inside the text by 87-95% with under 0.2% of the
-    mask off the text. ``threshold`` hardly matters there (the text is the image maximum);
-    on the real Cohen figures 0.7 also took clavicle and rib cortex of a 3670 px radiograph
-    and 0.85 did not; the price is that grey letters (about 0.8 of the range) stay.
-    ``contrast`` 0.3 missed arrow heads over the spine (reduction down to 0.79); 0.15 put
-    seven times more of the mask on noise.
+    Why these defaults: ``threshold`` 0.85, not lower, because a lower one also takes the
+    clavicle and rib cortex of large real radiographs (the price: grey letters, about 0.8 of
+    the range, stay); ``contrast`` 0.2, between a higher value that misses arrow heads over
+    the spine and a lower one that spreads the mask onto noise. The measurements behind them
+    are in docs/performance.md, "cxrclf preprocess".
     """
     pixels = _as_supported(image)
     if not 0.0 <= threshold <= 1.0 or not 0.0 < contrast <= 1.0:
@@ -71,38 +71,50 @@ def text_mask(
     if not high > low:
         return np.zeros(pixels.shape, bool)
     span = high - low
+    seeds, fringe = _seeds_and_fringe(pixels, low + threshold * span, contrast * span, stroke)
+    seeds = _grow_into(seeds, fringe, stroke)
+    if grow > 0:
+        seeds = cv2.dilate(seeds, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    return seeds.view(bool)
 
+
+def _seeds_and_fringe(pixels: np.ndarray, level: float, contrast: float, stroke: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text seeds (bright, thin, not isolated) and the fringe they may grow into, as uint8 0/1 masks.
+
+    ``level`` and ``contrast`` are in the image's own units; ``stroke`` sets the top-hat's square.
+    """
     smooth = cv2.GaussianBlur(pixels, (0, 0), NOISE_BLUR_SIGMA, borderType=cv2.BORDER_REPLICATE)
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * stroke + 1, 2 * stroke + 1))
     # top-hat >= 0 everywhere (opening <= image), so uint8/uint16 do not wrap around
     residue = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, square, borderType=cv2.BORDER_REPLICATE)
-    seeds = (smooth >= _level(pixels, low + threshold * span)) & (residue >= _level(pixels, contrast * span))
+    seeds = (smooth >= _level(pixels, level)) & (residue >= _level(pixels, contrast))
     del smooth
     seeds = seeds.view(np.uint8)
 
     # a stroke pixel has at least two seed neighbours in its 3 x 3 window; a noise peak does not
     neighbours = cv2.boxFilter(seeds, cv2.CV_8U, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
     seeds &= neighbours >= 3
+    fringe = (residue >= _level(pixels, 0.5 * contrast)).view(np.uint8)
+    return seeds, fringe
 
-    fringe = (residue >= _level(pixels, 0.5 * contrast * span)).view(np.uint8)
-    del residue
+
+def _grow_into(seeds: np.ndarray, fringe: np.ndarray, steps: int) -> np.ndarray:
+    """``seeds`` grown at most ``steps`` 4-connected steps inside ``fringe`` (the strokes' anti-aliased edge)."""
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    for _ in range(stroke):
+    for _ in range(steps):
         grown = cv2.dilate(seeds, cross)
         grown &= fringe
         grown |= seeds
         if np.array_equal(grown, seeds):
             break
         seeds = grown
-    if grow > 0:
-        seeds = cv2.dilate(seeds, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    return seeds.view(bool)
+    return seeds
 
 
 def remove_text(
     image: np.ndarray,
     threshold: float = TEXT_THRESHOLD,
-    method: str = "telea",
+    method: Inpaint | str = Inpaint.telea,
     radius: float = INPAINT_RADIUS,
     contrast: float = 0.2,
     max_stroke_width: int | None = None,
@@ -113,8 +125,10 @@ def remove_text(
     Same shape, dtype and range as ``image``; pixels outside the mask are unchanged.
     ``radius`` is the inpainting neighbourhood in px.
     """
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; expected one of {sorted(INPAINT_METHODS)}")
+    try:
+        method = Inpaint(method)
+    except ValueError:
+        raise ValueError(f"unknown inpainting method {method!r}; expected one of {', '.join(INPAINT_METHODS)}") from None
     image = np.asarray(image)
     pixels = _as_supported(image)
     mask = text_mask(pixels, threshold=threshold, contrast=contrast, max_stroke_width=max_stroke_width, grow=grow)

@@ -10,21 +10,21 @@ Pure transforms on an image and its lung mask (bool, same size):
   between two fields; one field much smaller), or ``None``. A lateral view, a photograph or a CT slice is reported, never cropped
   to a sliver: the pipeline raises :class:`NoLungsFound` (a :class:`CxrclfError`) instead.
 
-:func:`segmenter_for` gives the segmenter a parameter set names, loaded once per process and
-checked against the sha256 the parameters recorded (a changed segmenter is refused).
+The segmenter is handed in (a :class:`LungSegmenter`: anything with ``mask(image)``), never
+loaded here: :func:`cxrclf.segment.run.segmenter_for` finds the one a parameter set names.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from cxrclf.choices import Lung, parse
 from cxrclf.errors import CxrclfError
 
-__all__ = ["LUNG_FILL", "MIN_LUNG_AREA", "MAX_MEDIASTINUM_COVER", "MIN_LUNG_RATIO", "NoLungsFound", "apply_lungs", "crop_to_lungs", "grey_outside_lungs",
-           "lung_box", "lung_params", "lung_problem", "mediastinum", "segmenter_for"]
+__all__ = ["LUNG_FILL", "MIN_LUNG_AREA", "MAX_MEDIASTINUM_COVER", "MIN_LUNG_RATIO", "LungSegmenter", "NoLungsFound", "apply_lungs", "crop_to_lungs",
+           "grey_outside_lungs", "lung_box", "lung_problem", "mediastinum"]
 
 LUNG_FILL = 0.5          # the grey outside the lung fields, in [0, 1]
 MIN_LUNG_AREA = 0.05     # lung fields cover 20-35% of a PA radiograph; below 5% nothing usable was found
@@ -36,6 +36,14 @@ class NoLungsFound(CxrclfError):
     """The segmenter found no pair of lung fields in this image."""
 
 
+class LungSegmenter(Protocol):
+    """What the lung step is handed: :class:`cxrclf.segment.infer.Segmenter`, or a known mask in tests."""
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        """The lung mask (bool) of a 2-D image, at the image's size."""
+        ...
+
+
 def lung_problem(mask: np.ndarray) -> str | None:
     """Why ``mask`` is not a pair of lung fields, or ``None`` when it is.
 
@@ -43,9 +51,8 @@ def lung_problem(mask: np.ndarray) -> str | None:
     middle 40% of the lungs' box a column at most :data:`MAX_MEDIASTINUM_COVER` as full as
     the fullest column (lungs that touch above the heart still pass; a lateral view's one
     region does not), and either side of that column holds at least :data:`MIN_LUNG_RATIO`
-    of the other side's lung. Measured with the segmenter trained on Montgomery
-    (docs/performance.md): all 8 Cohen laterals are rejected, and 6 of 379 PA radiographs
-    of the four sources, where a dense opacity hid most of one lung from the segmenter.
+    of the other side's lung. How many laterals and radiographs of each source it rejects:
+    docs/performance.md, "Lung segmentation".
     """
     mask = np.asarray(mask, bool)
     area = float(mask.mean()) if mask.size else 0.0
@@ -120,39 +127,3 @@ def apply_lungs(image: np.ndarray, mask: np.ndarray, lung: Lung | str, margin: f
     if lung is Lung.crop:
         return crop_to_lungs(image, mask, margin)[0]
     return grey_outside_lungs(image, mask, margin)
-
-
-_LOADED: dict[tuple[str, str], object] = {}
-
-
-def segmenter_for(params):
-    """The segmenter ``params`` name (``lung_model`` at ``lung_model_sha256``), loaded once per process.
-
-    Refuses, in one line, a segmenter that is missing or whose weights changed since the
-    parameters were recorded: images would no longer be cropped as the training images were.
-    """
-    key = (params.lung_model, params.lung_model_sha256)
-    if key not in _LOADED:
-        from cxrclf.segment.infer import Segmenter
-        from cxrclf.segment.run import segment_run_named
-
-        _LOADED[key] = Segmenter(segment_run_named(params.lung_model), expected_sha256=params.lung_model_sha256)
-    return _LOADED[key]
-
-
-def lung_params(lung: Lung | str, model: Path | None) -> dict:
-    """``lung``, ``lung_model`` and ``lung_model_sha256`` for :class:`PreprocessParams` (the segmenter's identity).
-
-    ``model`` is a finished lung segmentation run or ``builtin`` (default ``$CXRCLF_LUNG_MODEL``,
-    else the built-in segmenter, recorded as ``builtin``); nothing is looked up for ``none``.
-    """
-    lung = parse(Lung, lung, "lung")
-    if lung is Lung.none:
-        if model is not None:
-            raise CxrclfError("a lung model was given but the lung step is none; choose --lung crop or --lung mask", model)
-        return {"lung": Lung.none.value, "lung_model": "", "lung_model_sha256": ""}
-    from cxrclf.segment.run import resolve_segment_run
-
-    run = resolve_segment_run(model)
-    run.require_finished(run.read_config())
-    return {"lung": lung.value, "lung_model": run.identity, "lung_model_sha256": run.weights_sha256()}

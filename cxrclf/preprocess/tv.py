@@ -72,9 +72,8 @@ def estimate_noise(image: np.ndarray) -> float:
     from the finest diagonal Haar detail, where anatomy is rare and noise is not, by the
     median absolute deviation (Donoho's robust estimator), over the 2 x 2 blocks that are not
     exactly constant (padding, the grey outside the lungs of ``lung mask``, saturated areas:
-    no noise to measure there, and they would pull the median to 0). On RSNA radiographs at 331 px
-    with added noise of peak 40 / 100 / 400 / 2000 photons, ``1 / (4 sigma^2)`` came out
-    within 10% of the peak for 7 images in 8 (an image with large saturated areas read 50% high).
+    no noise to measure there, and they would pull the median to 0). How close ``1 / (4 sigma^2)``
+    comes to the true photon peak on real radiographs: docs/performance.md, "cxrclf preprocess".
     """
     f = as_unit_float32(image)
     h, w = (f.shape[0] // 2) * 2, (f.shape[1] // 2) * 2
@@ -91,10 +90,9 @@ def estimate_noise(image: np.ndarray) -> float:
 def auto_weight(image: np.ndarray) -> float:
     """The TV weight for ``image``: ``AUTO_SCALE * estimate_noise(image) ** AUTO_POWER``, at most ``AUTO_MAX_WEIGHT``.
 
-    It rises with the noise (peak 2000 photons: about 0.03; peak 40: about 0.34 on RSNA
-    radiographs at 331 px) and is 0 for a noiseless image, which is then returned as it is.
-    With it the solver came within 0.5 dB of scikit-image's Chambolle at its best weight for
-    each noise level, or above it, at half its time (docs/performance.md).
+    It rises with the noise and is 0 for a noiseless image, which is then returned as it is.
+    The weights it picks and the PSNR they reach against scikit-image's Chambolle at its best
+    weight: docs/performance.md, "cxrclf preprocess".
     """
     sigma = estimate_noise(image)
     return float(min(AUTO_MAX_WEIGHT, AUTO_SCALE * sigma ** AUTO_POWER)) if sigma > 0 else 0.0
@@ -120,22 +118,14 @@ def denoise_tv(
     ``iterations``: primal-dual iterations. ``omega_every``: iterations between updates of
     omega.
 
-    The fixed-weight settings stop the solver early, on purpose, and were chosen by measurement: a grid
-    over weight, k, sigma, iterations and step sizes on 8 synthetic phantoms at 331 x 331
-    with Poisson noise of peak 400 (seeds distinct from ``benchmarks/preprocess.py``),
-    keeping the highest PSNR against the noiseless phantom that still leaves edges sharper
-    than plain TV of equal strength (same residual ``||u - f||``). There, 8 iterations at
-    weight 0.3 give 42.1 dB (noisy input: 30.7 dB) in about 5 ms per image on one core;
-    the minimiser of Eq. 5 at its best weight (about 0.1, 300 iterations) gives only
-    40.6 dB, because TV flattens the smooth ramps and thin ribs of the phantoms, and the
-    early iterate behaves like a short TV flow instead. scikit-image's Chambolle at its
-    default tolerance is in the same early-stopped regime (42.0 dB at its best weight,
-    41.2 dB run to convergence). For the minimiser, pass ``iterations=300`` and a weight
-    near 0.1. k = 100 and sigma = 1.5 keep edges sharper than plain TV of equal strength at
-    a cost of about 0.1 dB; a larger k sharpens more and costs more PSNR on the phantoms,
-    whose edges are blurred. Noisier images need a larger weight (peak 100: best near
-    0.6, 38.1 dB against 34.0 dB with the default). The defaults were tuned at 331 x 331:
-    gradients per pixel, and hence k and sigma, depend on the resolution.
+    The fixed-weight settings stop the solver early, on purpose: 8 iterations act as a short,
+    edge-aware TV flow that keeps the smooth ramps and thin ribs which the minimiser of Eq. 5
+    flattens (it scores lower against the noiseless phantoms; the grid that chose the
+    defaults and the figures are in docs/performance.md, "cxrclf preprocess"). For the
+    minimiser, pass ``iterations=300`` and a weight near 0.1. ``k`` and ``sigma`` keep edges
+    sharper than plain TV of equal strength, at a small cost in PSNR. Noisier images need a
+    larger weight, which ``"auto"`` chooses. The defaults were tuned at 331 x 331: gradients
+    per pixel, and hence ``k`` and ``sigma``, depend on the resolution.
     """
     f = as_unit_float32(image)
     if k < 0 or sigma < 0 or iterations < 1 or omega_every < 1:
@@ -143,17 +133,23 @@ def denoise_tv(
             f"expected k >= 0, sigma >= 0, iterations >= 1 and omega_every >= 1; "
             f"got k={k}, sigma={sigma}, iterations={iterations}, omega_every={omega_every}"
         )
-    step = INITIAL_PRIMAL_STEP
-    if isinstance(weight, str):
-        if weight != AUTO:
-            raise ValueError(f"expected a weight >= 0 or {AUTO!r}, got {weight!r}")
-        weight, step = auto_weight(f), AUTO_PRIMAL_STEP
+    weight, step = _weight_and_step(f, weight)
     if weight <= 0:
         return f.copy()
     u = _solve(f + np.float32(DARK_OFFSET), float(weight), float(k), float(sigma), int(iterations), int(omega_every), tau=step)
     u -= np.float32(DARK_OFFSET)
     np.clip(u, 0.0, 1.0, out=u)
     return u
+
+
+def _weight_and_step(f: np.ndarray, weight: float | str) -> tuple[float, float]:
+    """The weight to solve with and the first primal step: a number as given (with the step of
+    earlier releases), ``"auto"`` as :func:`auto_weight` chooses it (with the larger step)."""
+    if isinstance(weight, str):
+        if weight != AUTO:
+            raise ValueError(f"expected a weight >= 0 or {AUTO!r}, got {weight!r}")
+        return auto_weight(f), AUTO_PRIMAL_STEP
+    return weight, INITIAL_PRIMAL_STEP
 
 
 def edge_weight(u: np.ndarray, k: float, sigma: float) -> np.ndarray:
@@ -226,39 +222,11 @@ def _solve(f: np.ndarray, weight: float, k: float, sigma: float, iterations: int
     sigma_dual = 1.0 / (_GRADIENT_NORM_SQUARED * tau)
     for iteration in range(iterations):
         if iteration % omega_every == 0:
-            if k > 0:
-                # scale and root are free here; their last column / row must be 0 for the gradient
-                scale[:, -1] = 0.0
-                root[-1] = 0.0
-                _edge_weight_into(u, k, sigma, spare, scale, root)
-                cv2.divide(1.0 / weight, scale, dst=inverse_bound)
-            else:
-                inverse_bound.fill(1.0 / weight)
-
-        # dual ascent p += sigma grad(u_bar), then projection onto |p| <= weight * omega
-        cv2.addWeighted(u_bar[:, 1:], sigma_dual, u_bar[:, :-1], -sigma_dual, 0.0, dst=scale[:, :-1])
-        cv2.add(px[:, :-1], scale[:, :-1], dst=px[:, :-1])
-        cv2.addWeighted(u_bar[1:], sigma_dual, u_bar[:-1], -sigma_dual, 0.0, dst=root[:-1])
-        cv2.add(py[:-1], root[:-1], dst=py[:-1])
-        cv2.magnitude(px, py, magnitude=scale)
-        cv2.multiply(scale, inverse_bound, dst=scale)
-        cv2.max(scale, 1.0, dst=scale)
-        cv2.divide(px, scale, dst=px)
-        cv2.divide(py, scale, dst=py)
-
-        # primal descent v = u + tau (div p - 1), then the Poisson proximal step
-        # u = ((v - tau) + sqrt((v - tau)^2 + 4 tau f)) / 2 with the "- tau" folded into v
-        v[:, 0] = px[:, 0]
-        cv2.subtract(px[:, 1:], px[:, :-1], dst=v[:, 1:])
-        root[0] = py[0]
-        cv2.subtract(py[1:], py[:-1], dst=root[1:])
-        cv2.add(v, root, dst=v)
+            # scale and root are free here; spare is only ever scratch
+            _inverse_bound_into(inverse_bound, u, weight, k, sigma, scale, root, spare)
+        _dual_step(px, py, u_bar, sigma_dual, inverse_bound, scale, root)
         u, u_previous = u_previous, u
-        cv2.addWeighted(v, tau, u_previous, 1.0, -tau, dst=v)
-        cv2.multiply(v, v, dst=root)
-        cv2.scaleAdd(f, 4.0 * tau, root, dst=root)
-        cv2.sqrt(root, dst=root)
-        cv2.addWeighted(v, 0.5, root, 0.5, 0.0, dst=u)
+        _primal_step(u, u_previous, px, py, f, tau, v, root)
 
         # step-size update (algorithm 2) and over-relaxation u_bar = u + theta (u - u_previous)
         theta = 1.0 / np.sqrt(1.0 + 2.0 * gamma * tau)
@@ -266,3 +234,42 @@ def _solve(f: np.ndarray, weight: float, k: float, sigma: float, iterations: int
         sigma_dual /= theta
         cv2.addWeighted(u, 1.0 + theta, u_previous, -theta, 0.0, dst=u_bar)
     return u.copy()  # not a view that would keep the whole workspace alive
+
+
+def _inverse_bound_into(inverse_bound, u, weight, k, sigma, gx, gy, spare) -> None:
+    """1 / (weight * omega(u)), the reciprocal of the dual variable's bound; ``gx``, ``gy``, ``spare`` are scratch."""
+    if k > 0:
+        gx[:, -1] = 0.0   # the gradient leaves the last column / row alone: they must be 0
+        gy[-1] = 0.0
+        _edge_weight_into(u, k, sigma, spare, gx, gy)
+        cv2.divide(1.0 / weight, gx, dst=inverse_bound)
+    else:
+        inverse_bound.fill(1.0 / weight)
+
+
+def _dual_step(px, py, u_bar, sigma_dual, inverse_bound, scale, spare) -> None:
+    """Dual ascent p += sigma grad(u_bar), then projection onto |p| <= weight * omega, in place."""
+    cv2.addWeighted(u_bar[:, 1:], sigma_dual, u_bar[:, :-1], -sigma_dual, 0.0, dst=scale[:, :-1])
+    cv2.add(px[:, :-1], scale[:, :-1], dst=px[:, :-1])
+    cv2.addWeighted(u_bar[1:], sigma_dual, u_bar[:-1], -sigma_dual, 0.0, dst=spare[:-1])
+    cv2.add(py[:-1], spare[:-1], dst=py[:-1])
+    cv2.magnitude(px, py, magnitude=scale)
+    cv2.multiply(scale, inverse_bound, dst=scale)
+    cv2.max(scale, 1.0, dst=scale)
+    cv2.divide(px, scale, dst=px)
+    cv2.divide(py, scale, dst=py)
+
+
+def _primal_step(u, u_previous, px, py, f, tau, v, root) -> None:
+    """Primal descent v = u_previous + tau (div p - 1), then the Poisson proximal step into ``u``:
+    u = ((v - tau) + sqrt((v - tau)^2 + 4 tau f)) / 2, with the "- tau" folded into v."""
+    v[:, 0] = px[:, 0]
+    cv2.subtract(px[:, 1:], px[:, :-1], dst=v[:, 1:])
+    root[0] = py[0]
+    cv2.subtract(py[1:], py[:-1], dst=root[1:])
+    cv2.add(v, root, dst=v)
+    cv2.addWeighted(v, tau, u_previous, 1.0, -tau, dst=v)
+    cv2.multiply(v, v, dst=root)
+    cv2.scaleAdd(f, 4.0 * tau, root, dst=root)
+    cv2.sqrt(root, dst=root)
+    cv2.addWeighted(v, 0.5, root, 0.5, 0.0, dst=u)

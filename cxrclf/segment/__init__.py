@@ -2,11 +2,12 @@
 
 - :mod:`cxrclf.segment.data`: (X-ray, lung mask) pairs of the Montgomery, Shenzhen and CSV layouts;
 - :mod:`cxrclf.segment.model`: the network and its input plane;
-- :mod:`cxrclf.segment.run`: the run folder (``SegmentConfig``, ``SegmentRun``);
+- :mod:`cxrclf.segment.run`: the run folder (``SegmentConfig``, ``SegmentRun``), and the segmenter preprocessing parameters name;
 - :mod:`cxrclf.segment.train`: ``cxrclf segment train``;
 - :mod:`cxrclf.segment.infer`: :class:`~cxrclf.segment.infer.Segmenter` and ``cxrclf segment IMAGE...``;
-- :mod:`cxrclf.segment.masks`: masks from probabilities, Dice, IoU, overlays;
-- :mod:`cxrclf.segment.attention`: how much of a classifier's attribution falls inside the lungs.
+- :mod:`cxrclf.segment.masks`: masks from probabilities, Dice, IoU, overlays.
+
+How much of a classifier's attribution falls inside the lungs is explain's (:mod:`cxrclf.explain.in_lung`).
 
 Nothing is imported here: ``cxrclf --help`` must not load torch.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,9 +19,11 @@ import torch
 from cxrclf import io
 from cxrclf.data import imageio
 from cxrclf.errors import CxrclfError
+from cxrclf.preprocess.lung import lung_problem
 from cxrclf.segment.masks import encode_mask, encode_overlay, mask_from_probabilities, overlay
-from cxrclf.segment.model import segmenter_plane
+from cxrclf.segment.model import inference_copy, segmenter_plane
 from cxrclf.segment.run import SegmentRun
+from cxrclf.threads import torch_threads
 
 __all__ = ["DEFAULT_OUT", "Segmenter", "builtin_segmenter", "segment_files"]
 
@@ -29,19 +31,9 @@ DEFAULT_OUT = Path("segmentations")
 OVERLAY_MAX_SIDE = 1024
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def _one_thread() -> contextlib.AbstractContextManager:
     """Torch on one thread for the duration (worker processes stay on one: no oversubscription, fork-safe)."""
-    if multiprocessing.parent_process() is not None:
-        torch.set_num_threads(1)
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return torch_threads(1, restore=multiprocessing.parent_process() is None)
 
 
 class Segmenter:
@@ -69,6 +61,7 @@ class Segmenter:
         self.threshold = config.model.threshold
         with _one_thread():
             self.model = self.folder.build_model(config, "cpu")
+        self._folded = None  # inference_copy(self.model), built on first use
 
     @property
     def path(self) -> Path:
@@ -78,12 +71,22 @@ class Segmenter:
         return np.stack([segmenter_plane(image, self.input_size) for image in images])
 
     @torch.inference_mode()
-    def plane_probabilities(self, planes: np.ndarray) -> np.ndarray:
-        """P(lung) per pixel of input planes, (S, S) or (N, S, S) float32 in [0, 1] as :func:`segmenter_plane` makes them."""
+    def plane_probabilities(self, planes: np.ndarray, folded: bool = False) -> np.ndarray:
+        """P(lung) per pixel of input planes, (S, S) or (N, S, S) float32 in [0, 1] as :func:`segmenter_plane` makes them.
+
+        ``folded``: from :func:`~cxrclf.segment.model.inference_copy` of the network, about 30%
+        cheaper, equal up to float rounding (under 4e-6 on real films). For the lung checks, which read
+        the mask's shape and mean confidence; masks that crop or grey out images come from the
+        network as trained, so that preprocessing stays byte-identical to what runs recorded.
+        """
         planes = np.asarray(planes, np.float32)
         x = torch.from_numpy(np.ascontiguousarray(planes.reshape(-1, 1, *planes.shape[-2:])))
         with _one_thread():
-            out = torch.sigmoid(self.model((x - self.config.model.mean) / self.config.model.std))[:, 0].numpy()
+            model = self.model
+            if folded:
+                self._folded = self._folded or inference_copy(self.model, self.input_size)
+                model, x = self._folded, x.contiguous(memory_format=torch.channels_last)
+            out = torch.sigmoid(model((x - self.config.model.mean) / self.config.model.std))[:, 0].numpy()
         return out.reshape(planes.shape)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -126,8 +129,6 @@ def segment_files(segmenter: Segmenter, files: list[Path], out: Path = DEFAULT_O
     why the mask is no pair of lung fields, else None) or ``{"file", "error"}``; a file that
     cannot be read does not stop the others.
     """
-    from cxrclf.preprocess.lung import lung_problem
-
     out = Path(out)
     # the folders named on the command line too: masks written among the X-rays would be segmented next time
     inputs = [*files, *reads, segmenter.path]

@@ -1,7 +1,7 @@
 """A lung segmentation run as a value: :class:`SegmentConfig` and its folder, :class:`SegmentRun`.
 
-The folder follows the classification run's conventions (:class:`cxrclf.runs.RunFolder`,
-whose file handling it inherits), marked with the kind ``segmentation``::
+The folder is a :class:`cxrclf.runs.RunFiles` over :class:`SegmentConfig`, as a classifier's
+run is over :class:`~cxrclf.runs.RunConfig`, marked with the kind ``segmentation``::
 
     config.json        the SegmentConfig (validated on load: one line naming a bad field)
     model.safetensors  the best weights (by validation Dice)
@@ -18,25 +18,31 @@ config.json, half-precision weights and ``provenance.json``, how it was made). T
 :data:`BUILTIN` (``--lung-model builtin``) means it, and it is the default wherever a
 segmenter may be left unnamed; preprocessing records it as ``builtin`` with its weights'
 sha256, so a cxrclf that ships other weights refuses runs cropped with the old ones.
+
+:func:`lung_params` is that record; :func:`segmenter_for` loads the segmenter a record names
+(once per process) for the callers of preprocessing, which is handed a segmenter, never loads one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrclf import folders, io
+from cxrclf.choices import Lung, parse
 from cxrclf.errors import CxrclfError
-from cxrclf.runs import FINISHED, TRAINING, Execution, RunFolder, Fields
+from cxrclf.runs import BaseConfig, Execution, Fields, RunFiles, Status
 
-__all__ = ["BUILTIN", "DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "PROVENANCE", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun",
-           "SegmentTraining", "SegmenterSpec", "builtin_folder", "resolve_segment_run", "segment_run_named"]
+__all__ = ["BUILTIN", "DEFAULT_ENCODER", "DEFAULT_INPUT_SIZE", "DEFAULT_RUN", "KIND", "LUNG_MODEL_ENV", "PROVENANCE", "SegmentConfig", "SegmentData", "SegmentOutcome", "SegmentRun",
+           "SegmentTraining", "SegmenterSpec", "builtin_folder", "lung_params", "resolve_segment_run", "segment_run_named", "segmenter_for"]
 
 KIND = "segmentation"
 FORMAT_VERSION = 1
 DEFAULT_RUN = folders.RUNS / "lung"   # where `cxrclf segment train` writes by default
+DEFAULT_ENCODER = "tf_efficientnet_lite0"
+DEFAULT_INPUT_SIZE = 128
 LUNG_MODEL_ENV = "CXRCLF_LUNG_MODEL"
 BUILTIN = "builtin"                    # the name of the segmenter shipped in the package
 PROVENANCE = "provenance.json"         # beside the built-in's config.json: how it was made
@@ -86,13 +92,18 @@ class SegmentData:
         if not all(isinstance(v, dict) for v in per_split.values()):
             raise f._fail("per_split", "an object of {images, patients} objects")
         return cls(nlm=f.optional_str("nlm"), masks_csv=f.optional_str("masks_csv"), pairs=f.int("pairs", 0, 10**9, 0),
-                   patients=f.int("patients", 0, 10**9, 0), val_frac=f.float("val_frac", 0.0, 0.99, 0.15), test_frac=f.float("test_frac", 0.0, 0.99, 0.2),
+                   patients=f.int("patients", 0, 10**9, 0), val_frac=f.float("val_frac", 0.0, 0.99, cls.val_frac),
+                   test_frac=f.float("test_frac", 0.0, 0.99, cls.test_frac),
                    split_sha256=f.str("split_sha256", ""), per_split={str(k): dict(v) for k, v in per_split.items()})
 
 
 @dataclass(frozen=True)
 class SegmentTraining:
-    """The recipe: everything that changes the weights the run ends with."""
+    """The recipe: everything that changes the weights the run ends with.
+
+    Its defaults are the segmenter's training defaults, written here once: ``cxrclf segment
+    train``'s options and :class:`cxrclf.segment.train.SegmentTrainOptions` read them.
+    """
     epochs: int = 40
     batch_size: int = 8
     lr: float = 1e-3
@@ -103,9 +114,9 @@ class SegmentTraining:
 
     @classmethod
     def parse(cls, f: Fields) -> "SegmentTraining":
-        return cls(epochs=f.int("epochs", 1, 100_000, 40), batch_size=f.int("batch_size", 1, 100_000, 8), lr=f.float("lr", 1e-12, 10.0, 1e-3),
-                   patience=f.int("patience", 1, 100_000, 10), seed=f.int("seed", -(2**63), 2**63 - 1, 0), pretrained=f.bool("pretrained", True),
-                   augment=f.bool("augment", True))
+        return cls(epochs=f.int("epochs", 1, 100_000, cls.epochs), batch_size=f.int("batch_size", 1, 100_000, cls.batch_size),
+                   lr=f.float("lr", 1e-12, 10.0, cls.lr), patience=f.int("patience", 1, 100_000, cls.patience),
+                   seed=f.int("seed", -(2**63), 2**63 - 1, cls.seed), pretrained=f.bool("pretrained", cls.pretrained), augment=f.bool("augment", cls.augment))
 
 
 @dataclass(frozen=True)
@@ -124,24 +135,27 @@ class SegmentOutcome:
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
+class SegmentConfig(BaseConfig):
     model: SegmenterSpec
     data: SegmentData
     training: SegmentTraining
     execution: Execution = field(default_factory=Execution)
     outcome: SegmentOutcome = field(default_factory=SegmentOutcome)
-    status: str = TRAINING
+    status: Status = Status.training
     format_version: int = FORMAT_VERSION
 
-    @property
-    def finished(self) -> bool:
-        return self.status == FINISHED
+    def build_network(self):
+        """The untrained segmenter that the run's weights fit (the architecture alone: :meth:`SegmentRun.build_model` loads them)."""
+        from cxrclf.segment.model import build_segmenter
 
-    def with_(self, **changes) -> "SegmentConfig":
-        return replace(self, **changes)
+        return build_segmenter(self.model.encoder, pretrained=False, decoder_channels=self.model.decoder_channels)[0]
+
+    @property
+    def network_description(self) -> str:
+        return f"the segmenter {self.model.encoder}"
 
     def to_dict(self) -> dict:
-        return {"kind": KIND, "format_version": self.format_version, "status": self.status, "model": io.jsonable(asdict(self.model)),
+        return {"kind": KIND, "format_version": self.format_version, "status": self.status.value, "model": io.jsonable(asdict(self.model)),
                 "data": io.jsonable(asdict(self.data)), "training": asdict(self.training), "execution": io.jsonable(asdict(self.execution)),
                 "outcome": io.jsonable(asdict(self.outcome))}
 
@@ -157,34 +171,19 @@ class SegmentConfig:
                    training=SegmentTraining.parse(root.child("training")),
                    execution=Execution.parse(root.child("execution")) if root.has("execution") else Execution(),
                    outcome=SegmentOutcome.parse(root.child("outcome")) if root.has("outcome") else SegmentOutcome(),
-                   status=root.str("status", TRAINING, (FINISHED, TRAINING)), format_version=FORMAT_VERSION)
+                   status=Status.parse(root), format_version=FORMAT_VERSION)
 
 
-class SegmentRun(RunFolder):
-    """The files of one segmentation run folder (weights, metrics, log and checkpoint as for classification)."""
+class SegmentRun(RunFiles[SegmentConfig]):
+    """A lung segmentation run's folder: the files every run has, and the split and held-out scores."""
 
     SPLIT = "split.csv"
     HELDOUT = "heldout.csv"
-
-    def __repr__(self) -> str:
-        return f"SegmentRun({str(self.path)!r})"
-
-    def read_config(self) -> SegmentConfig:  # type: ignore[override]
-        if not self.path.is_dir():
-            raise CxrclfError("lung segmentation run not found" if not self.path.exists() else "lung segmentation run must be a folder", self.path)
-        if not self.is_run:
-            raise CxrclfError("not a lung segmentation run (no config.json); train one with `cxrclf segment train`", self.path)
-        return SegmentConfig.from_dict(io.read_json(self.file(self.CONFIG), "config.json"), self.file(self.CONFIG))
-
-    def write_config(self, config: SegmentConfig) -> None:  # type: ignore[override]
-        io.write_json(self.file(self.CONFIG), config.to_dict())
-
-    def require_finished(self, config: SegmentConfig, allow_unfinished: bool = False) -> None:  # type: ignore[override]
-        if not config.finished and not allow_unfinished:
-            raise CxrclfError("training of this lung segmenter did not finish (killed, or still running); resume it with "
-                              "`cxrclf segment train --resume`", self.path)
-        if not self.file(self.WEIGHTS).is_file():
-            raise CxrclfError("lung segmentation run has no model.safetensors (training did not finish an epoch?)", self.path)
+    KIND = KIND
+    NOUN = "lung segmentation run"
+    TRAIN_COMMAND = "cxrclf segment train"
+    UNFINISHED = "training of this lung segmenter did not finish (killed, or still running); resume it with `cxrclf segment train --resume`"
+    config_type = SegmentConfig
 
     def weights_sha256(self) -> str:
         return io.sha256_file(self.file(self.WEIGHTS))
@@ -197,28 +196,6 @@ class SegmentRun(RunFolder):
     def identity(self) -> str:
         """What preprocessing records as ``lung_model``: :data:`BUILTIN`, or the folder's absolute path."""
         return BUILTIN if self.is_builtin else str(self.path.resolve())
-
-    def build_model(self, config: SegmentConfig, device: str = "cpu"):  # type: ignore[override]
-        """The segmenter network in eval mode with its trained weights."""
-        from cxrclf.segment.model import build_segmenter
-
-        state = self.load_weights(device)
-        model, _ = build_segmenter(config.model.encoder, pretrained=False, decoder_channels=config.model.decoder_channels)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0][:160]
-            raise CxrclfError(f"weights do not fit the segmenter {config.model.encoder} ({first})", self.file(self.WEIGHTS)) from exc
-        return model.to(device).eval()
-
-    def load(self, device: str = "cpu", allow_unfinished: bool = False):
-        """(network in eval mode, config) of a finished segmentation run."""
-        config = self.read_config()
-        self.require_finished(config, allow_unfinished)
-        return self.build_model(config, device), config
-
-    def update_latest(self):  # segmentation runs never move the classifiers' runs/latest pointer
-        return None
 
 
 def segment_run_named(name: str | Path) -> SegmentRun:
@@ -242,3 +219,39 @@ def resolve_segment_run(run: Path | str | None) -> SegmentRun:
     if not run.is_dir():
         raise CxrclfError("lung segmentation run not found" if not run.exists() else "lung segmentation run must be a folder", run)
     return SegmentRun(run.resolve())
+
+
+def lung_params(lung: Lung | str, model: Path | None) -> dict:
+    """``lung``, ``lung_model`` and ``lung_model_sha256`` for :class:`~cxrclf.preprocess.params.PreprocessParams` (the segmenter's identity).
+
+    ``model`` is a finished lung segmentation run or ``builtin`` (default ``$CXRCLF_LUNG_MODEL``,
+    else the built-in segmenter, recorded as ``builtin``); nothing is looked up for ``none``.
+    """
+    lung = parse(Lung, lung, "lung")
+    if lung is Lung.none:
+        if model is not None:
+            raise CxrclfError("a lung model was given but the lung step is none; choose --lung crop or --lung mask", model)
+        return {"lung": Lung.none.value, "lung_model": "", "lung_model_sha256": ""}
+    run = resolve_segment_run(model)
+    run.require_finished(run.read_config())
+    return {"lung": lung.value, "lung_model": run.identity, "lung_model_sha256": run.weights_sha256()}
+
+
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+def segmenter_for(params):
+    """The segmenter preprocessing ``params`` name (``lung_model`` at ``lung_model_sha256``), loaded once per
+    process, to hand to :func:`cxrclf.preprocess.pipeline.preprocess_image`; None when they have no lung step.
+
+    Refuses, in one line, a segmenter that is missing or whose weights changed since the
+    parameters were recorded: images would no longer be cropped as the training images were.
+    """
+    if not params.uses_lungs:
+        return None
+    key = (params.lung_model, params.lung_model_sha256)
+    if key not in _LOADED:
+        from cxrclf.segment.infer import Segmenter
+
+        _LOADED[key] = Segmenter(segment_run_named(params.lung_model), expected_sha256=params.lung_model_sha256)
+    return _LOADED[key]

@@ -1,42 +1,41 @@
 """``cxrclf segment train``: fit the lung segmenter on (X-ray, lung mask) pairs, reproducibly and resumably.
 
-Steps, each a function: prepare (options, pairs, patient-level split, output folder), load
-the images at the network's input size, build the network, describe the run
-(:class:`SegmentConfig`), fit (epochs of augmented batches, validation Dice, early stopping,
-a checkpoint per epoch), then measure the best weights on the held-out patients at each
-image's own size (``heldout.csv``, and the means in ``config.json``).
+The steps are the training skeleton's (:mod:`cxrclf.fit`, shared with the classifier): seed,
+prepare (options, pairs, patient-level split, output folder; the images at the network's
+input size; the network; the run's :class:`SegmentConfig`), restore, fit (epochs of augmented
+batches, early stopping, a checkpoint per epoch), judge (validation Dice), write; the
+segmenter then measures its best weights on the held-out patients at each image's own size
+(``heldout.csv``, and the means in ``config.json``).
 
 Loss: binary cross-entropy plus soft Dice. Optimiser: Adam with a cosine learning-rate
 decay over the planned epochs (a function of the epoch, so a resumed run continues it).
 Augmentation (training batches only): one random rotation, scale and shift applied to the
 image and its mask together, then random gamma, contrast, brightness and noise on the image.
-The run folder follows the classification runs: written in place (so ``--resume`` finds its
+The run folder is written as a classifier's is: in place (so ``--resume`` finds its
 checkpoint after a kill), locked while training, swapped in only when finished when it
 replaces an earlier one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import platform
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrclf import __version__, io
+from cxrclf import fit, io
 from cxrclf.errors import CxrclfError
-from cxrclf.runs import FINISHED, TRAINING, Execution
+from cxrclf.fit import Progress, Validation
+from cxrclf.runs import Execution, Status
 from cxrclf.segment.data import MaskPair, find_pairs, read_pair, split_patients, table_sha256
 from cxrclf.segment.masks import dice, iou, mask_from_probabilities
-from cxrclf.segment.model import DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_INPUT_SIZE, build_segmenter, segmenter_plane
-from cxrclf.segment.run import DEFAULT_RUN, KIND, SegmentConfig, SegmentData, SegmentOutcome, SegmentRun, SegmentTraining, SegmenterSpec
+from cxrclf.segment.model import DECODER_CHANNELS, build_segmenter, segmenter_plane
+from cxrclf.segment.run import (DEFAULT_ENCODER, DEFAULT_INPUT_SIZE, DEFAULT_RUN, KIND, SegmentConfig, SegmentData, SegmentOutcome, SegmentRun,
+                                SegmentTraining, SegmenterSpec)
 from cxrclf.threads import use_threads
 
 __all__ = ["SegmentTrainOptions", "augment_batch", "train_segmenter"]
@@ -49,16 +48,16 @@ class SegmentTrainOptions:
     out: Path = DEFAULT_RUN
     encoder: str = DEFAULT_ENCODER
     image_size: int = DEFAULT_INPUT_SIZE
-    epochs: int = 40
-    batch_size: int = 8
-    lr: float = 1e-3
-    patience: int = 10
-    seed: int = 0
-    pretrained: bool = True
+    epochs: int = SegmentTraining.epochs
+    batch_size: int = SegmentTraining.batch_size
+    lr: float = SegmentTraining.lr
+    patience: int = SegmentTraining.patience
+    seed: int = SegmentTraining.seed
+    pretrained: bool = SegmentTraining.pretrained
     weights: Path | None = None
-    augment: bool = True
-    val_frac: float = 0.15
-    test_frac: float = 0.2
+    augment: bool = SegmentTraining.augment
+    val_frac: float = SegmentData.val_frac
+    test_frac: float = SegmentData.test_frac
     decoder_channels: tuple[int, ...] = DECODER_CHANNELS
     threads: int | None = None
     resume: bool = False
@@ -138,15 +137,6 @@ class _Images:
     truth: dict[int, np.ndarray]  # row -> full-size bool mask (val and test rows)
 
 
-@dataclass
-class _Progress:
-    epoch: int = 0
-    best_dice: float = -1.0
-    best_epoch: int = -1
-    wait: int = 0
-    history: list = field(default_factory=list)
-
-
 def _prepare(options: SegmentTrainOptions) -> _Setup:
     options.validate()
     use_threads(options.threads)
@@ -204,9 +194,6 @@ def _describe(setup: _Setup, mean: float, std: float, source: str) -> SegmentCon
         members = [p for p, s in zip(setup.pairs, setup.splits) if s == split]
         per_split[split] = {"images": len(members), "patients": len({p.patient_id for p in members}),
                             "sources": {src: sum(p.source == src for p in members) for src in sorted({p.source for p in members})}}
-    import timm
-
-    versions = {"cxrclf": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
     return SegmentConfig(
         model=SegmenterSpec(encoder=options.encoder, input_size=options.image_size, mean=mean, std=std, decoder_channels=tuple(options.decoder_channels),
                             pretrained_source=source),
@@ -216,40 +203,14 @@ def _describe(setup: _Setup, mean: float, std: float, source: str) -> SegmentCon
                          split_sha256=table_sha256(setup.pairs, setup.splits), per_split=per_split),
         training=SegmentTraining(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience, seed=options.seed,
                                  pretrained=options.pretrained, augment=options.augment),
-        execution=Execution(device="cpu", threads=options.threads, versions=versions),
-        status=TRAINING,
+        execution=Execution(device="cpu", threads=options.threads, versions=fit.versions()),
+        status=Status.training,
     )
 
 
 def _split_table(setup: _Setup) -> str:
     rows = [[str(p.image), ";".join(map(str, p.masks)), p.patient_id, p.source, s] for p, s in zip(setup.pairs, setup.splits)]
     return io.csv_text(["image", "masks", "patient_id", "source", "split"], rows)
-
-
-@contextlib.contextmanager
-def _run_folder(setup: _Setup) -> Iterator[SegmentRun]:
-    """The folder training writes into, locked: the run itself, or a stage beside it when replacing one."""
-    out = setup.out
-    with io.folder_lock(out):
-        io.remove_stale_partials(out)
-        with io.writing_place(out, KIND, replace=setup.replacing) as folder:
-            yield SegmentRun(folder)
-
-
-def _restore(run: SegmentRun, model, optimizer, config: SegmentConfig) -> _Progress:
-    previous = run.read_config()
-    if previous.data.split_sha256 != config.data.split_sha256:
-        raise CxrclfError("the masks or their split changed since this run started; resume with the same data and seed, or use --overwrite", run.path)
-    if replace(previous.training, epochs=0, patience=0) != replace(config.training, epochs=0, patience=0) or previous.model != config.model:
-        raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", run.path)
-    checkpoint = run.load_checkpoint()
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        return _Progress(**json.loads(checkpoint["state"]))
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise CxrclfError(f"checkpoint.pt does not fit this run ({exc.__class__.__name__}); start again with --overwrite", run.file(SegmentRun.CHECKPOINT)) from exc
 
 
 def _batches(planes: np.ndarray, targets: np.ndarray, rows: np.ndarray, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,55 +229,77 @@ def _probabilities(model, planes: np.ndarray, mean: float, std: float, batch_siz
     return np.concatenate(out) if out else np.zeros((0,) + planes.shape[1:], np.float32)
 
 
-def _fit(setup: _Setup, run: SegmentRun, model, optimizer, images: _Images, mean: float, std: float, progress: _Progress,
-         on_step, on_epoch, log: Callable[[str], None]) -> _Progress:
-    options = setup.options
-    train_rows, val_rows = images.index["train"], images.index["val"]
-    for epoch in range(progress.epoch, options.epochs):
-        if progress.wait >= options.patience:
-            break
-        for group in optimizer.param_groups:
+class _Learner:
+    """The segmenter's pieces in the training skeleton (:mod:`cxrclf.fit`): augmented batches of pairs, BCE + soft Dice,
+    Adam with a cosine decay, and validation Dice as the judge."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, options: SegmentTrainOptions, out: Path, model, images: _Images, mean: float, std: float):
+        self.options, self.out, self.model, self.images, self.mean, self.std = options, out, model, images, mean, std
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+
+    def initial_bests(self) -> dict[str, float]:
+        return {"best_dice": -1.0}
+
+    def check_resume(self, previous: SegmentConfig, current: SegmentConfig) -> None:
+        if previous.data.split_sha256 != current.data.split_sha256:
+            raise CxrclfError("the masks or their split changed since this run started; resume with the same data and seed, or use --overwrite", self.out)
+        if replace(previous.training, epochs=0, patience=0) != replace(current.training, epochs=0, patience=0) or previous.model != current.model:
+            raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", self.out)
+
+    def checkpoint(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+
+    def train_epoch(self, epoch: int, rng: np.random.Generator, generator: torch.Generator, on_step: Callable[[int, int], None] | None) -> tuple[float, int]:
+        options = self.options
+        for group in self.optimizer.param_groups:
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * epoch / options.epochs))
-        rng = np.random.default_rng([options.seed, epoch])
-        generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+        train_rows = self.images.index["train"]
         order = train_rows[rng.permutation(len(train_rows))]
-        started = time.perf_counter()
-        model.train()
+        self.model.train()
         total = 0.0
         for start in range(0, len(order), options.batch_size):
-            x, y = _batches(images.planes, images.targets, order[start:start + options.batch_size], mean, std)
+            x, y = _batches(self.images.planes, self.images.targets, order[start:start + options.batch_size], self.mean, self.std)
             if options.augment:
                 x, y = augment_batch(x, y, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model((x - mean) / std), y)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(x)
+            total += self.step(x, y) * len(x)
             if on_step:
-                done = min(start + options.batch_size, len(order))
-                on_step(epoch, done, len(order), done / max(time.perf_counter() - started, 1e-9))
-        seconds = time.perf_counter() - started
-        predicted = _probabilities(model, images.planes[val_rows], mean, std) > 0.5
-        truth = images.targets[val_rows] > 0.5
+                on_step(min(start + options.batch_size, len(order)), len(order))
+        return total / max(len(order), 1), len(order)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser step on a batch of images and masks; returns its loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = _loss(self.model((x - self.mean) / self.std), y)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def validate(self) -> Validation:
+        val_rows = self.images.index["val"]
+        predicted = _probabilities(self.model, self.images.planes[val_rows], self.mean, self.std) > 0.5
+        truth = self.images.targets[val_rows] > 0.5
         val_dice = float(np.mean([dice(p, t) for p, t in zip(predicted, truth)]))
         val_iou = float(np.mean([iou(p, t) for p, t in zip(predicted, truth)]))
-        improved = val_dice > progress.best_dice + 1e-6
+        return Validation(columns={"val_dice": round(val_dice, 6), "val_iou": round(val_iou, 6), "lr": round(self.optimizer.param_groups[0]["lr"], 8)},
+                          scores={"dice": val_dice})
+
+    def judge(self, progress: Progress, scores: dict[str, float]) -> bool:
+        """The best epoch has the best validation Dice; patience counts the epochs since."""
+        improved = scores["dice"] > progress.bests["best_dice"] + 1e-6
         if improved:
-            progress.best_dice, progress.best_epoch, progress.wait = val_dice, epoch + 1, 0
-            run.save_weights(model.state_dict())
+            progress.bests["best_dice"], progress.wait = scores["dice"], 0
         else:
             progress.wait += 1
-        row = {"epoch": epoch + 1, "train_loss": round(total / max(len(order), 1), 6), "val_dice": round(val_dice, 6), "val_iou": round(val_iou, 6),
-               "lr": round(optimizer.param_groups[0]["lr"], 8), "images_per_s": round(len(order) / seconds, 2), "seconds": round(seconds, 2), "best": int(improved)}
-        progress.history.append(row)
-        progress.epoch = epoch + 1
-        run.write_metrics(progress.history)
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                             "state": json.dumps(asdict(progress))})
-        log(" ".join(f"{k}={v}" for k, v in row.items()))
-        if on_epoch:
-            on_epoch(row)
-    return progress
+        return improved
+
+    def kept_weights(self) -> dict:
+        return self.model.state_dict()
 
 
 def _held_out(setup: _Setup, model, images: _Images, mean: float, std: float, threshold: float) -> tuple[dict, list[list]]:
@@ -354,7 +337,7 @@ def train_segmenter(options: SegmentTrainOptions, on_step: Callable[[int, int, i
     missing = {k: sum(v.values()) for k, v in setup.report.items() if v}
     info(f"{len(setup.pairs)} X-rays with lung masks of {len({p.patient_id for p in setup.pairs})} patients"
          + (" (left out: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in missing.items()) + ")" if missing else ""))
-    torch.manual_seed(options.seed)
+    fit.seed(options.seed)
     model, source = build_segmenter(options.encoder, pretrained=options.pretrained, decoder_channels=options.decoder_channels, weights=options.weights)
     normalisation = input_config(options.encoder, in_chans=1)
     mean, std = float(normalisation.mean[0]), float(normalisation.std[0])
@@ -362,27 +345,24 @@ def train_segmenter(options: SegmentTrainOptions, on_step: Callable[[int, int, i
     images = _load_images(setup, options.image_size, on_load)
     info("patients: " + ", ".join(f"{split} {len({setup.pairs[int(r)].patient_id for r in rows})} ({len(rows)} images)" for split, rows in images.index.items())
          + f"; input {options.image_size}px")
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    config = _describe(setup, mean, std, source)
-
-    with _run_folder(setup) as run:
-        progress = _Progress()
-        if setup.resuming:
-            progress = _restore(run, model, optimizer, config)
-            info(f"resuming {run.path} after epoch {progress.epoch}")
-        run.write_config(config)
+    learner = _Learner(options, setup.out, model, images, mean, std)
+    plan = fit.Plan(config=_describe(setup, mean, std, source), out=setup.out, epochs=options.epochs, patience=options.patience, seed=options.seed,
+                    title=f"lung segmenter {options.encoder}", no_epoch_kept="no epoch was kept (no validation Dice); check the validation masks",
+                    resuming=setup.resuming, replacing=setup.replacing)
+    with fit.run_folder(plan, SegmentRun) as run:
+        progress = fit.begin(run, learner, plan, info)
         io.write_text(run.file(SegmentRun.SPLIT), _split_table(setup))
-        run.append_log(f"{'resumed' if setup.resuming else 'started'} lung segmenter {options.encoder} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-        progress = _fit(setup, run, model, optimizer, images, mean, std, progress, on_step, on_epoch, run.append_log)
-        if progress.best_epoch < 1:
-            raise CxrclfError("no epoch was kept (no validation Dice); check the validation masks", setup.out)
-        model.load_state_dict(run.load_weights())
-        held_out, rows = _held_out(setup, model, images, mean, std, config.model.threshold)
-        io.write_text(run.file(SegmentRun.HELDOUT), io.csv_text(["image", "patient_id", "source", "split", "dice", "iou"], rows))
-        config = config.with_(status=FINISHED, outcome=SegmentOutcome(epochs_run=progress.epoch, best_epoch=progress.best_epoch,
-                                                                      val=held_out["val"], test=held_out["test"]))
-        run.write_config(config)
-        test = held_out["test"]
-        run.append_log(f"finished: best epoch {progress.best_epoch} of {progress.epoch}"
-                       + (f"; test Dice {test['dice']:.4f}, IoU {test['iou']:.4f} on {test['images']} images" if test else ""))
+        progress = fit.fit(run, learner, plan, progress, on_step, on_epoch)
+        config = _finish(run, plan, progress, setup, learner)
     return config.to_dict() | {"run": str(setup.out)}
+
+
+def _finish(run: SegmentRun, plan: fit.Plan[SegmentConfig], progress: fit.Progress, setup: _Setup, learner: _Learner) -> SegmentConfig:
+    """The best weights measured on the held-out patients (heldout.csv, and the means in the config), then the config written."""
+    learner.model.load_state_dict(run.load_weights())
+    held_out, rows = _held_out(setup, learner.model, learner.images, learner.mean, learner.std, plan.config.model.threshold)
+    io.write_text(run.file(SegmentRun.HELDOUT), io.csv_text(["image", "patient_id", "source", "split", "dice", "iou"], rows))
+    config = plan.config.with_(status=Status.finished, outcome=SegmentOutcome(epochs_run=progress.epoch, best_epoch=progress.best_epoch,
+                                                                             val=held_out["val"], test=held_out["test"]))
+    test = held_out["test"]
+    return fit.finish(run, plan, progress, config, f"; test Dice {test['dice']:.4f}, IoU {test['iou']:.4f} on {test['images']} images" if test else "")

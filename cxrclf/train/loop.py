@@ -1,9 +1,11 @@
 """``cxrclf train``: fine-tune one model on a preprocessed folder, reproducibly and resumably.
 
-:func:`train` is a short composition of named steps: prepare (options, device, data, output
-folder), load the images, build the model, describe the run (:class:`cxrclf.runs.RunConfig`),
-restore a checkpoint, fit (epochs with early stopping and checkpoints), finish (config,
-``latest``). The loop: Adam; mini-batches; per-epoch validation in inference mode; early
+:func:`train` is a short composition of the training skeleton's steps (:mod:`cxrclf.fit`,
+shared with the lung segmenter): seed and build the model, prepare (options, device, data,
+output folder, the run's :class:`cxrclf.runs.RunConfig`), restore a checkpoint, fit (epochs
+with early stopping and checkpoints), judge, write; then what the best weights decide with
+(guard, shift reference, operating point) and ``latest``. The classifier's pieces in the
+skeleton are a ``_Learner``; the per-batch loss and step are :meth:`Trainer.step`. The loop: Adam; mini-batches; per-epoch validation in inference mode; early
 stopping on validation loss; the best weights by validation loss (or AUC with
 ``select_by="auc"``). Under ``torchrun`` it runs DistributedDataParallel (gloo on CPU, nccl on
 GPU); every rank draws the same epoch order and takes its share, so oversampling stays
@@ -20,8 +22,6 @@ import contextlib
 import json
 import math
 import os
-import platform
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,21 +31,24 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cxrclf import __version__, folders, io
+from cxrclf import fit, folders, io
 from cxrclf.choices import Augment, Device, Recipe, SelectBy, Strategy, parse, resolve_device
 from cxrclf.data.manifest import select_split
 from cxrclf.errors import CxrclfError
-from cxrclf.evaluate.metrics import epoch_metrics
+from cxrclf.fit import Progress, Validation
 from cxrclf.labels import SCHEMES, LabelScheme
+from cxrclf.metrics import epoch_metrics
 from cxrclf.models.inputs import model_input
 from cxrclf.models.names import model_label
 from cxrclf.preprocess.params import PreprocessParams, read_params
-from cxrclf.runs import (FINISHED, TRAINING, DataSpec, Execution, GuardSettings, ModelSpec, OperatingPoint, Outcome, ReferenceSettings, RunConfig, RunFolder,
-                         TrainingSpec, scenario_code)
+from cxrclf.runs import (DataSpec, EpochScores, Execution, ModelSpec, OperatingPoint, Outcome, ReferenceSettings, RunConfig, RunFolder,
+                         SourceUnlearning, Status, TrainingSpec, scenario_code)
 from cxrclf.threads import use_threads
 from cxrclf.train import imbalance
 from cxrclf.train.augment import random_affine
 from cxrclf.train.recipe import RECIPES, Augmenter, RecipeSpec, build_optimizer, lr_factor
+from cxrclf.train.result import TrainResult
+from cxrclf.train.unlearn import SourceUnlearner, source_targets, unlearning_settings
 from cxrclf.train.data import ImageSet, load_images, read_preprocessed
 
 __all__ = ["TrainOptions", "Trainer", "Batches", "cross_validate", "train"]
@@ -58,20 +61,20 @@ class TrainOptions:
     classes: int
     data: Path = folders.PREPROCESSED
     out: Path | None = None
-    epochs: int = 30
-    batch_size: int = 10
+    epochs: int = TrainingSpec.epochs        # the defaults are the recipe's, written once (TrainingSpec, ModelSpec)
+    batch_size: int = TrainingSpec.batch_size
     lr: float | None = None                  # None: the recipe's (the paper: 1e-4)
-    patience: int = 5
-    seed: int = 0
-    pretrained: bool = True
+    patience: int = TrainingSpec.patience
+    seed: int = TrainingSpec.seed
+    pretrained: bool = TrainingSpec.pretrained
     weights: Path | None = None
     trainable_blocks: int | str | None = None  # None: the recipe's (the paper: 4)
     image_size: int | None = None
-    dropout: float = 0.5
+    dropout: float = ModelSpec.dropout
     fold: int | None = None
     class_constants: dict[str, float] = field(default_factory=dict)
     select_by: SelectBy | str | None = None  # None: the recipe's (the paper: loss)
-    recipe: Recipe | str = Recipe.paper
+    recipe: Recipe | str = TrainingSpec.recipe
     augment: Augment | str | None = None     # None: the recipe's (the paper: copies)
     exclude_sources: tuple[str, ...] = ()
     device: Device | str = Device.auto
@@ -81,6 +84,7 @@ class TrainOptions:
     tensorboard: bool = False
     update_latest: bool = True      # False for the folds of --cv: a fold is not a deployable run
     operating_point: str = "youden"  # how the per-class thresholds are chosen on validation: youden or sensitivity=S
+    unlearn_source: float = 0.0      # strength of the class-conditional source adversary's reversed gradient (cxrclf.train.unlearn); 0: off
 
     def validate(self) -> "TrainOptions":
         from cxrclf.models.zoo import check_model_name
@@ -102,6 +106,8 @@ class TrainOptions:
             raise CxrclfError("epochs, batch size and patience must be at least 1 and the learning rate positive")
         if self.threads is not None and self.threads < 1:
             raise CxrclfError(f"threads must be at least 1, not {self.threads}")
+        if not (math.isfinite(self.unlearn_source) and 0.0 <= self.unlearn_source <= 1000.0):
+            raise CxrclfError(f"the source-unlearning weight must be from 0 (off) to 1000, not {self.unlearn_source}")
         if self.tensorboard:
             import importlib.util
 
@@ -182,11 +188,13 @@ class Trainer:
     """One model, one optimiser, one criterion: ``fit_epoch`` and ``predict``."""
 
     def __init__(self, model: torch.nn.Module, lr: float, class_weights: np.ndarray | None, device: torch.device, dist_info: Distributed,
-                 spec: RecipeSpec = RECIPES[Recipe.paper], steps_per_epoch: int = 1, epochs: int = 1, all_blocks: bool = False):
+                 spec: RecipeSpec = RECIPES[Recipe.paper], steps_per_epoch: int = 1, epochs: int = 1, all_blocks: bool = False,
+                 unlearner: SourceUnlearner | None = None):
         self.device = device
         self.spec = spec
-        self.model = model.to(device).to(memory_format=torch.channels_last)
-        self.module = self.model
+        self.module = model.to(device).to(memory_format=torch.channels_last)
+        self.unlearner = unlearner
+        self.model = self.module if unlearner is None else unlearner.wrap(self.module)  # what DDP wraps: the adversary too
         if dist_info.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -213,18 +221,35 @@ class Trainer:
             return F.cross_entropy(logits.float(), labels, weight=self.weight, label_smoothing=smoothing)
         return F.cross_entropy(logits.float(), labels, weight=self.weight)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(self, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray | None = None) -> float:
+        """One optimiser step on a batch (training images ``indices``); returns the classification loss."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.unlearner is not None:
+            return self._unlearning_step(x, y, indices)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(x)
         loss = self.loss(logits, y, self.spec.label_smoothing)
         loss.backward()
+        self._stepped()
+        return float(loss.detach())
+
+    def _unlearning_step(self, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> float:
+        """The step with the source adversary: the class loss plus the adversary's, whose gradient reaches the features reversed."""
+        self.unlearner.zero_grad()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits, source_logits = self.model(x, self.unlearner.scale())
+        loss = self.loss(logits, y, self.spec.label_smoothing)
+        (loss + self.unlearner.loss(source_logits, indices)).backward()
+        self._stepped()
+        self.unlearner.step()
+        return float(loss.detach())
+
+    def _stepped(self) -> None:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module)
-        return float(loss.detach())
 
     def state(self) -> dict:
         """What a checkpoint needs beyond the model: optimiser, schedule, moving average."""
@@ -233,6 +258,8 @@ class Trainer:
             state["scheduler"] = json.dumps(self.scheduler.state_dict())
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
+        if self.unlearner is not None:
+            state["adversary"] = self.unlearner.state()
         return state
 
     def restore(self, checkpoint: dict) -> None:
@@ -241,13 +268,15 @@ class Trainer:
             self.scheduler.load_state_dict(json.loads(checkpoint["scheduler"]))
         if self.ema is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
+        if self.unlearner is not None:
+            self.unlearner.restore(checkpoint["adversary"])
 
     def fit_epoch(self, batches: Batches, order: np.ndarray, augment: np.ndarray, batch_size: int, generator: torch.Generator, on_step: Callable[[int, int], None] | None = None) -> float:
         self.model.train()
         total, seen = 0.0, 0
         for start in range(0, len(order), batch_size):
             x, y = batches.get(order[start:start + batch_size], augment[start:start + batch_size], generator)
-            total += self.step(x, y) * len(y)
+            total += self.step(x, y, order[start:start + batch_size]) * len(y)
             seen += len(y)
             if on_step:
                 on_step(seen, len(order))
@@ -298,17 +327,6 @@ class _Data:
     weights: np.ndarray | None
 
 
-@dataclass
-class _Progress:
-    """Early-stopping state, saved in every checkpoint."""
-    epoch: int = 0
-    best_score: float = math.inf
-    best_loss: float = math.inf
-    best_epoch: int = -1
-    wait: int = 0
-    history: list = field(default_factory=list)
-
-
 def _prepare(options: TrainOptions) -> _Setup:
     options.validate()
     device = resolve_device(options.device)
@@ -317,7 +335,7 @@ def _prepare(options: TrainOptions) -> _Setup:
     frame, root = read_preprocessed(options.data)
     params = read_params(root / "preprocess.json")
     if params.uses_lungs:  # a run whose segmenter moved or changed could never predict: refuse before training, not after
-        from cxrclf.preprocess.lung import segmenter_for
+        from cxrclf.segment.run import segmenter_for
 
         segmenter_for(params)
     if options.fold is not None and not 0 <= options.fold <= int(frame["fold"].max()):
@@ -375,20 +393,13 @@ def _build_model(setup: _Setup):
     from cxrclf.models.zoo import create_model
 
     options = setup.options
-    torch.manual_seed(options.seed)
-    np.random.seed(options.seed % (2**32))
+    fit.seed(options.seed)
     return create_model(options.model, setup.scheme.num_classes, pretrained=options.pretrained, weights=options.weights,
                         trainable_blocks=options.trainable_blocks, dropout=options.dropout, in_chans=setup.params.channels,
                         image_size=options.image_size)
 
 
-def _versions() -> dict[str, str]:
-    import timm
-
-    return {"cxrclf": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
-def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
+def _describe(setup: _Setup, bundle, data: _Data, unlearning: SourceUnlearning | None = None) -> RunConfig:
     options, scheme = setup.options, setup.scheme
     return RunConfig(
         model=ModelSpec(name=bundle.name, class_names=tuple(scheme.classes), input_size=bundle.input_size, in_chans=bundle.in_chans,
@@ -400,11 +411,11 @@ def _describe(setup: _Setup, bundle, data: _Data) -> RunConfig:
         training=TrainingSpec(strategy=options.strategy, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience,
                               seed=options.seed, pretrained=options.pretrained, weights=None if options.weights is None else str(options.weights),
                               select_by=options.select_by, class_constants=dict(options.class_constants), recipe=options.recipe,
-                              augment=options.augment),
-        execution=Execution(device=options.device.value, threads=options.threads, tensorboard=options.tensorboard, versions=_versions()),
+                              augment=options.augment, unlearn_source=unlearning),
+        execution=Execution(device=options.device.value, threads=options.threads, tensorboard=options.tensorboard, versions=fit.versions()),
         outcome=Outcome(train_class_counts={c: int(n) for c, n in zip(scheme.classes, data.counts)},
                         class_weights=None if data.weights is None else {c: float(w) for c, w in zip(scheme.classes, data.weights)}),
-        status=TRAINING,
+        status=Status.training,
     )
 
 
@@ -421,37 +432,7 @@ def _requested_name(requested: str, canonical: str) -> str | None:
     return None if requested == canonical else requested
 
 
-def _restore(run: RunFolder, trainer: Trainer, config: RunConfig, setup: _Setup) -> _Progress:
-    """The checkpoint's weights, optimiser, RNG and progress, after checking it is the same run."""
-    previous = run.read_config()
-    recorded = previous.data if previous.data.views else replace(previous.data, views=config.data.views)  # begun before runs recorded views
-    if previous.data.manifest_sha256 != config.data.manifest_sha256 or previous.preprocess != config.preprocess or recorded != config.data:
-        raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite", setup.root)
-    # a resumed run may be given more epochs or patience, and its model under another spelling (NASNetLarge for nasnetalarge)
-    if (replace(previous.training, epochs=0, patience=0) != replace(config.training, epochs=0, patience=0)
-            or replace(previous.model, requested_name=None) != replace(config.model, requested_name=None)):
-        raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", run.path)
-    checkpoint = run.load_checkpoint()
-    try:
-        trainer.module.load_state_dict(checkpoint["model"])
-        trainer.restore(checkpoint)
-        torch.set_rng_state(checkpoint["torch_rng"])
-        if setup.device.type == "cuda" and "cuda_rng" in checkpoint:
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], setup.device)
-        return _Progress(**json.loads(checkpoint["state"]))
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise CxrclfError(f"checkpoint.pt does not fit this run ({exc.__class__.__name__}); start again with --overwrite", run.file(RunFolder.CHECKPOINT)) from exc
-
-
-def _save_checkpoint(run: RunFolder, trainer: Trainer, progress: _Progress) -> None:
-    document = {"model": trainer.module.state_dict(), **trainer.state(), "torch_rng": torch.get_rng_state(), "state": json.dumps(asdict(progress))}
-    if trainer.device.type == "cuda":
-        document["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)  # dropout draws from it on a GPU
-    run.save_checkpoint(document)
-
-
-def _epoch_order(options: TrainOptions, labels: np.ndarray, num_classes: int, epoch: int, dist_info: Distributed) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([options.seed, epoch])
+def _epoch_order(options: TrainOptions, labels: np.ndarray, num_classes: int, rng: np.random.Generator, dist_info: Distributed) -> tuple[np.ndarray, np.ndarray]:
     if options.strategy is Strategy.oversample:
         order, augment = imbalance.oversample_epoch(labels, num_classes, rng)
     else:
@@ -469,140 +450,150 @@ def _epoch_length(options: TrainOptions, labels: np.ndarray, num_classes: int) -
     return int(counts.max() * num_classes) if options.strategy is Strategy.oversample else int(len(labels))
 
 
-def _epoch_row(epoch: int, train_loss: float, val_loss: float, measured: dict, classes, images: int, seconds: float) -> dict:
+def _validation_columns(val_loss: float, measured: dict, classes) -> dict:
     finite = lambda value: round(value, 6) if not math.isnan(value) else ""  # noqa: E731
-    return {
-        "epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-        "val_accuracy": round(measured["accuracy"], 6), "val_auc": finite(measured["auc"]),
-        **{f"val_recall_{c}": finite(r) for c, r in zip(classes, measured["recall"])},
-        "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 2),
-    }
+    return {"val_loss": round(val_loss, 6), "val_accuracy": round(measured["accuracy"], 6), "val_auc": finite(measured["auc"]),
+            **{f"val_recall_{c}": finite(r) for c, r in zip(classes, measured["recall"])}}
 
 
-def _judge(progress: _Progress, options: TrainOptions, val_loss: float, val_auc: float) -> bool:
-    """Early stopping and model selection; True when this epoch is the best so far."""
-    score = val_loss if options.select_by is SelectBy.loss else -(val_auc if not math.isnan(val_auc) else -math.inf)
-    improved = score < progress.best_score - 1e-9
-    if improved:
-        progress.best_score = score
-    if RECIPES[options.recipe].stop_on == "auc":  # patience counts epochs without a better validation AUC
-        progress.wait = 0 if improved else progress.wait + 1
-    elif val_loss < progress.best_loss - 1e-9:
-        progress.best_loss, progress.wait = val_loss, 0
-    else:
-        progress.wait += 1
-    return improved
+class _Learner:
+    """The classifier's pieces in the training skeleton (:mod:`cxrclf.fit`): the :class:`Trainer`'s steps over the epoch's
+    (oversampled) order, validation loss, AUC and recalls, and the recipe's judge."""
 
+    def __init__(self, setup: _Setup, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches]):
+        self.setup, self.trainer, self.data, self.batches = setup, trainer, data, batches
 
-def _fit(setup: _Setup, run: RunFolder, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], progress: _Progress,
-         on_step, on_epoch, log: Callable[[str], None]) -> _Progress:
-    options, dist_info = setup.options, setup.dist
-    board = _tensorboard(run.path) if options.tensorboard and dist_info.writer else None
-    try:
-        for epoch in range(progress.epoch, options.epochs):
-            if progress.wait >= options.patience:
-                break
-            order, augment = _epoch_order(options, data.train.labels, setup.scheme.num_classes, epoch, dist_info)
-            generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
-            started = time.perf_counter()
-            step_callback = None
-            if on_step:
-                step_callback = lambda done, total: on_step(epoch, done, total, done / max(time.perf_counter() - started, 1e-9))  # noqa: E731
-            train_loss = trainer.fit_epoch(batches[0], order, augment, options.batch_size, generator, step_callback)
-            seconds = time.perf_counter() - started
-            probabilities, val_loss = trainer.predict(batches[1], len(data.val), max(options.batch_size, 32))
-            measured = epoch_metrics(data.val.labels, probabilities)
-            row = _epoch_row(epoch, train_loss, val_loss, measured, setup.scheme.classes, len(order) * dist_info.world, seconds)
-            improved = _judge(progress, options, val_loss, measured["auc"])
-            if improved:
-                progress.best_epoch = epoch + 1
-                if dist_info.writer:
-                    run.save_weights(trainer.kept.state_dict())
-            row["best"] = int(improved)
-            progress.history.append(row)
-            progress.epoch = epoch + 1
-            if dist_info.writer:
-                run.write_metrics(progress.history)
-                _save_checkpoint(run, trainer, progress)
-                log(" ".join(f"{k}={v}" for k, v in row.items()))
-                if board:
-                    for key, value in row.items():
-                        if isinstance(value, (int, float)) and key != "epoch":
-                            board.add_scalar(key, value, epoch + 1)
-            if on_epoch:
-                on_epoch(row)
-    finally:
-        if board:
-            board.close()
-    return progress
+    @property
+    def device(self) -> torch.device:
+        return self.trainer.device
 
+    def initial_bests(self) -> dict[str, float]:
+        return {"best_score": math.inf, "best_loss": math.inf}
 
-@contextlib.contextmanager
-def _run_folder(setup: _Setup) -> Iterator[RunFolder]:
-    """The folder training writes into, locked: the run itself, or a stage beside it when replacing one."""
-    out = setup.out
-    if not setup.dist.writer:
-        yield RunFolder(out)
-        return
-    with io.folder_lock(out):
-        io.remove_stale_partials(out)
-        # a new run is written in place (so --resume finds it after a kill); a replacement beside the old run
-        with io.writing_place(out, "run", replace=setup.replacing) as folder:
-            yield RunFolder(folder)
+    def check_resume(self, previous: RunConfig, current: RunConfig) -> None:
+        recorded = previous.data if previous.data.views else replace(previous.data, views=current.data.views)  # begun before runs recorded views
+        if previous.data.manifest_sha256 != current.data.manifest_sha256 or previous.preprocess != current.preprocess or recorded != current.data:
+            raise CxrclfError("the data folder changed since this run started (another manifest or preprocessing); resume with the same data or use --overwrite",
+                              self.setup.root)
+        # a resumed run may be given more epochs or patience, and its model under another spelling (NASNetLarge for nasnetalarge)
+        if (replace(previous.training, epochs=0, patience=0) != replace(current.training, epochs=0, patience=0)
+                or replace(previous.model, requested_name=None) != replace(current.model, requested_name=None)):
+            raise CxrclfError("checkpoint was made with other training arguments; resume with the same ones or use --overwrite", self.setup.out)
+
+    def checkpoint(self) -> dict:
+        return {"model": self.trainer.module.state_dict(), **self.trainer.state()}
+
+    def restore(self, checkpoint: dict) -> None:
+        self.trainer.module.load_state_dict(checkpoint["model"])
+        self.trainer.restore(checkpoint)
+
+    def train_epoch(self, epoch: int, rng: np.random.Generator, generator: torch.Generator, on_step: Callable[[int, int], None] | None) -> tuple[float, int]:
+        options, dist_info = self.setup.options, self.setup.dist
+        order, augment = _epoch_order(options, self.data.train.labels, self.setup.scheme.num_classes, rng, dist_info)
+        return self.trainer.fit_epoch(self.batches[0], order, augment, options.batch_size, generator, on_step), len(order) * dist_info.world
+
+    def validate(self) -> Validation:
+        probabilities, val_loss = self.trainer.predict(self.batches[1], len(self.data.val), max(self.setup.options.batch_size, 32))
+        measured = epoch_metrics(self.data.val.labels, probabilities)
+        # how well the source adversary still tells the sources apart (chance: it is fooled)
+        notes = self.trainer.unlearner.epoch_summary() if self.trainer.unlearner is not None else {}
+        return Validation(_validation_columns(val_loss, measured, self.setup.scheme.classes), {"loss": val_loss, "auc": float(measured["auc"])}, notes)
+
+    def judge(self, progress: Progress, scores: dict[str, float]) -> bool:
+        """The best epoch by validation loss (or AUC); patience counts epochs without a better loss (or, where the recipe stops on it, AUC)."""
+        options, bests = self.setup.options, progress.bests
+        auc = scores["auc"]
+        score = scores["loss"] if options.select_by is SelectBy.loss else -(auc if not math.isnan(auc) else -math.inf)
+        improved = score < bests["best_score"] - 1e-9
+        if improved:
+            bests["best_score"] = score
+        if RECIPES[options.recipe].stop_on == "auc":
+            progress.wait = 0 if improved else progress.wait + 1
+        elif scores["loss"] < bests["best_loss"] - 1e-9:
+            bests["best_loss"], progress.wait = scores["loss"], 0
+        else:
+            progress.wait += 1
+        return improved
+
+    def kept_weights(self) -> dict:
+        return self.trainer.kept.state_dict()
 
 
 def train(options: TrainOptions, on_step: Callable[[int, int, int, float], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
-          on_info: Callable[[str], None] | None = None) -> dict:
-    """Train one run; returns its config as a dict (also in config.json) and ``run``. Callbacks feed the display."""
+          on_info: Callable[[str], None] | None = None) -> TrainResult:
+    """Train one run; returns its folder and its config (what config.json holds). Callbacks feed the display."""
     info = on_info or (lambda message: None)
     setup = _prepare(options)
     options = setup.options
     bundle = _build_model(setup)
     info(f"model {model_label(bundle.name, options.model.strip())}: {bundle.trainable_parameters:,} of {bundle.total_parameters:,} parameters trainable; weights: {bundle.pretrained_source}")
     data = _load_data(setup, bundle.input_size)
-    scheme = setup.scheme
-    if options.strategy is Strategy.weighted:
-        info("class weights (Eq. 1): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(scheme.classes, data.weights)))
-    else:
-        info("oversampling every epoch to " + ", ".join(f"{c} {data.counts.max()} (from {n})" for c, n in zip(scheme.classes, data.counts)))
-    info(f"train {len(data.train)} images, val {len(data.val)} images, input {bundle.input_size}px, device {setup.device}"
-         + (f", {setup.dist.world} processes" if setup.dist.world > 1 else ""))
-    spec = RECIPES[options.recipe]
-    steps = math.ceil(_epoch_length(options, data.train.labels, scheme.num_classes) / setup.dist.world / options.batch_size)
-    trainer = Trainer(bundle.model, options.lr, data.weights, setup.device, setup.dist, spec, steps_per_epoch=steps, epochs=options.epochs,
-                      all_blocks=bundle.trainable_blocks == bundle.total_blocks)
-    batches = (Batches(data.train, bundle.in_chans, bundle.mean, bundle.std, setup.device, options.augment),
-               Batches(data.val, bundle.in_chans, bundle.mean, bundle.std, setup.device, Augment.none))
-    config = _describe(setup, bundle, data)
-
-    with _run_folder(setup) as run:
-        progress = _Progress()
-        if setup.resuming:
-            progress = _restore(run, trainer, config, setup)
-            info(f"resuming {run.path} after epoch {progress.epoch}")
-        writer = setup.dist.writer
-        if writer:
-            run.write_config(config)
-        log = run.append_log if writer else (lambda line: None)
-        log(f"{'resumed' if setup.resuming else 'started'} {config.model.label} {config.scenario} on {options.data} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-        progress = _fit(setup, run, trainer, data, batches, progress, on_step, on_epoch, log)
-        best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), None)
-        config = config.with_(status=FINISHED, outcome=replace(config.outcome, epochs_run=progress.epoch, stopped_early=progress.epoch < options.epochs,
-                                                               best_epoch=progress.best_epoch, best=best))
-        if writer:
-            if progress.best_epoch < 1:
-                raise CxrclfError("no epoch gave a finite validation score, so no weights were kept; check the validation split", setup.out)
-            config = _after_training(run, config, trainer, data, batches, info, options.operating_point)
-            run.write_config(config)
-            log(f"finished: best epoch {progress.best_epoch} of {progress.epoch}")
-    if writer and options.update_latest and RunFolder(setup.out).update_latest() is None:
+    _announce_data(setup, data, bundle.input_size, info)
+    learner = _learner(setup, bundle, data, info)
+    unlearning = None if learner.trainer.unlearner is None else learner.trainer.unlearner.settings
+    config = _describe(setup, bundle, data, unlearning)
+    plan = fit.Plan(config=config, out=setup.out, epochs=options.epochs, patience=options.patience, seed=options.seed, title=f"{config.model.label} {config.scenario} on {options.data}",
+                    no_epoch_kept="no epoch gave a finite validation score, so no weights were kept; check the validation split",
+                    resuming=setup.resuming, replacing=setup.replacing, writer=setup.dist.writer)
+    with fit.run_folder(plan, RunFolder) as run:
+        progress = fit.begin(run, learner, plan, info)
+        with _tensorboard(run.path if options.tensorboard and plan.writer else None) as board:
+            progress = fit.fit(run, learner, plan, progress, on_step, _logged(board, on_epoch))
+        config = _finish(run, plan, progress, learner, info)
+    if plan.writer and options.update_latest and RunFolder(setup.out).update_latest() is None:
         info(f"left {setup.out.resolve().parent / folders.LATEST} alone: it is not a pointer cxrclf made")
     if setup.dist.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
-    return config.to_dict() | {"run": str(setup.out)}
+    return TrainResult(setup.out, config)
+
+
+def _announce_data(setup: _Setup, data: _Data, input_size: int, info: Callable[[str], None]) -> None:
+    """How the classes are balanced, and what trains where."""
+    scheme = setup.scheme
+    if setup.options.strategy is Strategy.weighted:
+        info("class weights (Eq. 1): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(scheme.classes, data.weights)))
+    else:
+        info("oversampling every epoch to " + ", ".join(f"{c} {data.counts.max()} (from {n})" for c, n in zip(scheme.classes, data.counts)))
+    info(f"train {len(data.train)} images, val {len(data.val)} images, input {input_size}px, device {setup.device}"
+         + (f", {setup.dist.world} processes" if setup.dist.world > 1 else ""))
+
+
+def _learner(setup: _Setup, bundle, data: _Data, info: Callable[[str], None]) -> _Learner:
+    """The trainer (the recipe's optimiser, schedule and averaging; the source adversary where asked) and the batches it reads."""
+    options = setup.options
+    steps = math.ceil(_epoch_length(options, data.train.labels, setup.scheme.num_classes) / setup.dist.world / options.batch_size)
+    trainer = Trainer(bundle.model, options.lr, data.weights, setup.device, setup.dist, RECIPES[options.recipe], steps_per_epoch=steps, epochs=options.epochs,
+                      all_blocks=bundle.trainable_blocks == bundle.total_blocks, unlearner=_unlearner(setup, bundle.model.num_features, data, steps, info))
+    batches = (Batches(data.train, bundle.in_chans, bundle.mean, bundle.std, setup.device, options.augment),
+               Batches(data.val, bundle.in_chans, bundle.mean, bundle.std, setup.device, Augment.none))
+    return _Learner(setup, trainer, data, batches)
+
+
+def _finish(run: RunFolder, plan: fit.Plan[RunConfig], progress: Progress, learner: _Learner, info: Callable[[str], None]) -> RunConfig:
+    """The outcome, and (by the writer) what the best weights decide with, then the config written."""
+    best = next((EpochScores.from_row(row) for row in progress.history if row["epoch"] == progress.best_epoch), None)
+    config = plan.config.with_(status=Status.finished, outcome=replace(plan.config.outcome, epochs_run=progress.epoch, best_epoch=progress.best_epoch,
+                                                                       stopped_early=progress.epoch < plan.epochs, best=best))
+    if plan.writer:
+        config = _after_training(run, config, learner.trainer, learner.data, learner.batches, info, learner.setup.options.operating_point)
+    return fit.finish(run, plan, progress, config)
+
+
+def _unlearner(setup: _Setup, num_features: int, data: _Data, steps_per_epoch: int, info: Callable[[str], None]) -> SourceUnlearner | None:
+    """The class-conditional source adversary of a nonzero unlearning weight (None at 0: training exactly as without it)."""
+    options = setup.options
+    if options.unlearn_source == 0:
+        return None
+    targets = source_targets(data.train.labels, data.train.frame["source"], setup.scheme.classes)
+    settings = unlearning_settings(options.unlearn_source, targets)
+    info(f"unlearning the source (weight {settings.weight:g}, Ganin's ramp): a source adversary for "
+         + "; ".join(f"{name} ({', '.join(sources)})" for name, sources in settings.classes.items())
+         + (f"; not for {', '.join(settings.skipped)}, drawn from one source" if settings.skipped else "")
+         + f"; chance balanced accuracy {targets.chance:.2f}")
+    return SourceUnlearner(settings, targets, num_features, steps_per_epoch * options.epochs, options.lr, options.seed, setup.device)
 
 
 def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _Data, batches: tuple[Batches, Batches], info,
@@ -610,26 +601,22 @@ def _after_training(run: RunFolder, config: RunConfig, trainer: Trainer, data: _
     """What the best weights decide with, from one pass over the training and validation images: the
     out-of-distribution guard (fitted on training features, its threshold on validation), the shift
     test's reference (the validation features) and the operating point (validation probabilities)."""
-    from cxrclf.evaluate.threshold import choose_operating_point
-    from cxrclf.guard.detector import DEFAULT_QUANTILE, GaussianDetector
+    from cxrclf.guard.detector import GaussianDetector, calibrate_guard, describe_threshold
     from cxrclf.guard.shift import Reference
 
     trainer.module.load_state_dict(run.load_weights(str(trainer.device)))  # the best epoch, as inference will see it
     _, train_features = _pooled(trainer, batches[0], len(data.train))
     val_probabilities, val_features = _pooled(trainer, batches[1], len(data.val))
     detector = GaussianDetector().fit(train_features, data.train.labels)
-    val_scores = detector.score(val_features)
-    detector.calibrate(val_scores, DEFAULT_QUANTILE)
+    guard = calibrate_guard(detector, val_features, train_images=len(train_features))
     detector.save(run.file(RunFolder.GUARD))
-    guard = GuardSettings(kind=detector.kind, threshold=float(detector.threshold), quantile=DEFAULT_QUANTILE, feature_dim=int(train_features.shape[1]),
-                          train_images=int(len(train_features)), val_images=int(len(val_features)), val_flag_rate=float(detector.flag(val_scores).mean()))
     info(f"out-of-distribution guard: {detector.kind} on {guard.feature_dim} features of {guard.train_images} training images, "
-         f"threshold {guard.threshold:.1f} (the {DEFAULT_QUANTILE:.0%} quantile of validation)")
+         f"threshold {guard.threshold:.1f} ({describe_threshold(guard.quantile, guard.rule, guard.val_images)})")
     stored = Reference(val_features, data.val.frame["source"], split="val")
     stored.save(run.file(RunFolder.REFERENCE))
     reference = ReferenceSettings(images=len(stored), sources=stored.counts, feature_dim=stored.feature_dim)
     info(f"shift test reference: {stored.describe()}")
-    point = choose_operating_point(data.val.labels, val_probabilities, config.class_names, operating_rule)
+    point = OperatingPoint.choose(data.val.labels, val_probabilities, config.class_names, operating_rule)
     info(f"operating point ({point.rule} on {point.val_images} validation images): " + ", ".join(f"{c} {t:.3f}" for c, t in point.thresholds.items()))
     return config.with_(guard=guard, reference=reference, operating_point=point)
 
@@ -649,10 +636,34 @@ def _pooled(trainer: Trainer, batches: Batches, count: int, batch_size: int = 32
     return np.concatenate(probabilities), np.concatenate(features)
 
 
-def _tensorboard(out: Path):
+@contextlib.contextmanager
+def _tensorboard(run: Path | None) -> Iterator:
+    """A TensorBoard writer into ``run/tensorboard`` for the duration; None without a run (not asked for, or not the writing rank)."""
+    if run is None:
+        yield None
+        return
     from torch.utils.tensorboard import SummaryWriter  # presence checked in TrainOptions.validate
 
-    return SummaryWriter(str(out / "tensorboard"))
+    board = SummaryWriter(str(run / "tensorboard"))
+    try:
+        yield board
+    finally:
+        board.close()
+
+
+def _logged(board, on_epoch: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    """``on_epoch`` after the row's numbers go to TensorBoard, where it logs."""
+    if board is None:
+        return on_epoch
+
+    def logged(row: dict) -> None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                board.add_scalar(key, value, row["epoch"])
+        if on_epoch:
+            on_epoch(row)
+
+    return logged
 
 
 def cross_validate(options: TrainOptions, folds: int | None = None, **callbacks) -> dict:
@@ -674,9 +685,9 @@ def cross_validate(options: TrainOptions, folds: int | None = None, **callbacks)
                                        "resume": options.resume and (fold_out / RunFolder.CHECKPOINT).is_file()})
         results.append(train(fold_options, **callbacks))
     keys = ["val_loss", "val_accuracy", "val_auc"]
-    bests = [r["outcome"]["best"] for r in results]
-    table = {k: [float(b[k]) for b in bests if b and b[k] != ""] for k in keys}
-    summary = {"folds": count, "runs": [r["run"] for r in results], **{k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v} for k, v in table.items() if v}}
+    bests = [r.config.outcome.best for r in results]
+    table = {k: [float(getattr(b, k)) for b in bests if b is not None and getattr(b, k) is not None] for k in keys}  # None: an undefined AUC
+    summary = {"folds": count, "runs": [str(r.run) for r in results], **{k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v} for k, v in table.items() if v}}
     if int(os.environ.get("RANK", "0")) == 0:
         io.write_json(base / "cv_summary.json", summary)
     return summary

@@ -36,8 +36,25 @@ def test_fuse_synthetic_end_to_end(run_cli, synthetic_sources, tmp_path):
     assert report["source_x_finding"]["rsna"] == {"normal": 4, "covid19": 0, "other_pneumonia": 8, "tuberculosis": 0, "total": 12}
     assert report["excluded"]["by_reason"] == {"not an X-ray": 1, "not normal, no opacity": 2, "unlabelled finding": 1, "view not requested": 4}
     assert report["single_source_findings"] == {"covid19": "cohen", "tuberculosis": "montgomery"}
-    assert "Images per source and finding" in result.stdout
-    assert run_cli("audit", tmp_path / "fused").exit_code == 0
+    warnings = ["covid19 comes only from cohen: a model can learn the archive instead of the disease",
+                "tuberculosis comes only from montgomery: a model can learn the archive instead of the disease"]
+    assert report["confounding"] == {
+        "finding_x_source": {
+            "normal": {"cohen": 4, "montgomery": 4, "rsna": 4, "total": 12},
+            "covid19": {"cohen": 12, "montgomery": 0, "rsna": 0, "total": 12},
+            "other_pneumonia": {"cohen": 4, "montgomery": 0, "rsna": 8, "total": 12},
+            "tuberculosis": {"cohen": 0, "montgomery": 12, "rsna": 0, "total": 12},
+        },
+        "single_source_findings": {"covid19": "cohen", "tuberculosis": "montgomery"},
+        "warnings": warnings,
+    }
+    assert "Images per finding and source" in result.stdout
+    assert all(f"warning: {line}" in " ".join(result.stdout.split()) for line in warnings)  # wrapped at the terminal's width
+    audited = run_cli("audit", tmp_path / "fused")
+    assert audited.exit_code == 0 and "Images per finding and source" in audited.stdout
+    assert all(f"warning: {line}" in " ".join(audited.stdout.split()) for line in warnings)
+    as_json = run_cli("audit", tmp_path / "fused", "--json")
+    assert json.loads(as_json.stdout)["confounding"] == report["confounding"]
 
 
 def test_same_seed_gives_byte_identical_manifest(run_cli, synthetic_sources, tmp_path):
@@ -197,3 +214,23 @@ def test_audit_recomputes_foreign_hashes(run_cli, synthetic_sources, tmp_path):
     manifest.assign(phash="abc").drop(columns=["path"]).to_csv(tmp_path / "fused" / "nopath.csv", index=False)
     bad = run_cli("audit", tmp_path / "fused" / "nopath.csv")
     assert bad.exit_code == 2 and "64 hex digits" in bad.stderr
+
+
+def test_the_rsna_rule_is_an_enum_member_and_the_report_keeps_its_string(synthetic_sources, tmp_path):
+    import pytest
+
+    from cxrclf.choices import RsnaNotNormal
+    from cxrclf.data.fuse import FuseOptions, fuse
+    from cxrclf.errors import CxrclfError
+
+    assert FuseOptions().rsna_not_normal is RsnaNotNormal.exclude
+    options = FuseOptions(rsna=synthetic_sources["rsna"], rsna_not_normal="normal", workers=1)
+    assert options.rsna_not_normal is RsnaNotNormal.normal
+    report = fuse(options, tmp_path / "fused")
+    written = json.loads((tmp_path / "fused" / "fuse_report.json").read_text())
+    assert written["options"]["rsna_not_normal"] == "normal" and type(report["options"]["rsna_not_normal"]) is str
+    excluded = fuse(FuseOptions(rsna=synthetic_sources["rsna"], workers=1), tmp_path / "default")["excluded"]["by_reason"]
+    # the synthetic RSNA holds two "No Lung Opacity / Not Normal" images: excluded by default, kept as normal on request
+    assert excluded["not normal, no opacity"] == 2 and "not normal, no opacity" not in written["excluded"]["by_reason"]
+    with pytest.raises(CxrclfError, match="RSNA 'Not Normal' rule must be one of exclude, normal, not 'keep'"):
+        fuse(FuseOptions(rsna=synthetic_sources["rsna"], rsna_not_normal="keep", workers=1), tmp_path / "other")

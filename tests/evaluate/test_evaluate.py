@@ -62,12 +62,12 @@ def test_external_fused_folder_is_preprocessed_like_training(trained_run, prepro
     own = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=0, workers=1, out=tmp_path / "own"))
     fused = preprocessed_synthetic.parent / "fused"
     external = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, data=fused, bootstrap=0, workers=2, out=tmp_path / "ext"))
-    assert external["external"] is True
+    assert external.external is True and own.external is False and external.out == str(tmp_path / "ext")
     a = pd.read_csv(tmp_path / "own" / "predictions.csv").set_index("image_id").sort_index()
     b = pd.read_csv(tmp_path / "ext" / "predictions.csv").set_index("image_id").sort_index()
     probabilities = [c for c in a.columns if c.startswith("prob_")]
     assert np.allclose(a[probabilities], b[probabilities], atol=1e-5)
-    assert own["point"] == external["point"]
+    assert own.metrics.point == external.metrics.point
 
 
 def test_scenario_table(run_cli, trained_run, tmp_path):
@@ -139,3 +139,32 @@ def test_an_unusable_image_is_skipped_and_reported_not_fatal(run_cli, trained_ru
     assert [s["image_id"] for s in found["skipped_images"]] == [broken.image_id]
     assert found["n_images"] == int((manifest.split == "test").sum()) - 1
     assert "1 image(s) could not be used" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_the_typed_result_is_metrics_json_and_reads_back_old_files(trained_run, tmp_path):
+    from cxrclf import io
+    from cxrclf.errors import CxrclfError
+    from cxrclf.evaluate.report import markdown
+    from cxrclf.evaluate.result import Bootstrap, Evaluation
+
+    result = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=20, workers=1, out=tmp_path / "e", sensitivity=0.9))
+    written = (tmp_path / "e" / "metrics.json").read_text()
+    assert io.json_text(result.to_dict()) == written and result.out == str(tmp_path / "e")
+    assert list(json.loads(written)) == ["run", "model", "requested_model", "scenario", "data", "split", "external", "tta", "n_images", "n_patients",
+                                         "classes", "overall", "covid19_vs_rest", "point", "intervals", "bootstrap", "calibration", "per_source",
+                                         "skipped_images", "operating_point", "shift", "shortcut", "guard", "per_view", "trained_views"]
+    assert list(json.loads(written)["covid19_vs_rest"]) == ["at_argmax", "operating_point", "clopper_pearson", "operating_point_recomputed"]
+    assert result.metrics.bootstrap == Bootstrap(20, 0) and result.metrics.interval("macro_auc") == json.loads(written)["intervals"]["macro_auc"]
+    again = Evaluation.read(tmp_path / "e")
+    assert io.json_text(again.to_dict()) == written and again.out == result.out
+    figures = {"ROC": "roc.png"}
+    assert markdown(again, figures) == markdown(result, figures)  # the report from the file is the report from the run
+    # a metrics.json from before the shortcut, the guard, the shift test, the views and the stored thresholds
+    old = {k: v for k, v in json.loads(written).items() if k not in ("shortcut", "guard", "shift", "per_view", "trained_views", "skipped_images", "tta",
+                                                                     "operating_point", "requested_model", "bootstrap", "intervals")}
+    legacy = Evaluation.from_dict(old)
+    assert (legacy.shortcut, legacy.guard, legacy.shift, legacy.per_view, legacy.operating_point, legacy.metrics.bootstrap) == (None,) * 6
+    assert legacy.tta == 1 and legacy.trained_views == [] and legacy.metrics.point == result.metrics.point and legacy.metrics.interval("accuracy") is None
+    assert "## Out-of-distribution guard" not in markdown(legacy, figures) and "## Headline" in markdown(legacy, figures)
+    with pytest.raises(CxrclfError, match="lacks n_images, n_patients, point"):
+        Evaluation.from_dict({"data": "x", "split": "test"})

@@ -63,6 +63,7 @@ def _browser() -> str | None:
     return next((found for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable") if (found := shutil.which(name))), None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [390, 1366])
 def test_the_page_reads_at_a_phones_and_a_laptops_width(evaluation, tmp_path, width):
     browser = _browser()

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as sk
 
-from cxrclf.evaluate import calibration, intervals, metrics, threshold
+from cxrclf import metrics, threshold
+from cxrclf.evaluate import calibration, intervals
 from cxrclf.evaluate.evaluation import compute_metrics
 
 
@@ -87,9 +88,9 @@ def test_intervals_contain_the_estimate_and_narrow_with_more_data():
         labels, probabilities = _predictions(n, 2, 7)
         frame, names = _frame(labels, probabilities, [f"p{i}" for i in range(n)])
         result = compute_metrics(frame, names, None, 300, 0)
-        for key, (low, high) in result["intervals"].items():
-            assert low <= result["point"][key] + 1e-9 and result["point"][key] <= high + 1e-9, key
-        widths.append(result["intervals"]["accuracy"][1] - result["intervals"]["accuracy"][0])
+        for key, (low, high) in result.intervals.items():
+            assert low <= result.point[key] + 1e-9 and result.point[key] <= high + 1e-9, key
+        widths.append(result.interval("accuracy")[1] - result.interval("accuracy")[0])
     assert widths[1] < widths[0] / 2
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from cxrclf.errors import CxrclfError
-from cxrclf.evaluate.threshold import choose_operating_point, choose_threshold
 from cxrclf.runs import OperatingPoint, RunConfig, RunFolder
+from cxrclf.threshold import choose_threshold
 
 FAST = ["--model", "resnet-baseline", "--image-size", "48", "--batch-size", "16", "--lr", "2e-3", "--workers", "1"]
 
@@ -20,15 +20,15 @@ def test_choose_operating_point_is_youden_or_a_target_sensitivity_per_class():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 60)
     probabilities = rng.dirichlet(np.ones(3), 60) * 0.5 + np.eye(3)[labels] * 0.5
-    point = choose_operating_point(labels, probabilities, ("normal", "covid19", "other"), "youden")
+    point = OperatingPoint.choose(labels, probabilities, ("normal", "covid19", "other"), "youden")
     assert point.rule == "youden" and point.val_images == 60 and list(point.thresholds) == ["normal", "covid19", "other"]
     for index, name in enumerate(("normal", "covid19", "other")):
         oracle = choose_threshold(labels == index, probabilities[:, index])
         assert point.thresholds[name] == oracle["threshold"] and point.val_sensitivity[name] == oracle["val_sensitivity"]
-    strict = choose_operating_point(labels, probabilities, ("normal", "covid19", "other"), "Sensitivity=0.95")
+    strict = OperatingPoint.choose(labels, probabilities, ("normal", "covid19", "other"), "Sensitivity=0.95")
     assert strict.rule == "sensitivity=0.95" and strict.target_sensitivity == 0.95
     assert all(s >= 0.95 for s in strict.val_sensitivity.values())
-    absent = choose_operating_point(np.zeros(10, int), rng.dirichlet(np.ones(2), 10), ("non_covid19", "covid19"), "youden")
+    absent = OperatingPoint.choose(np.zeros(10, int), rng.dirichlet(np.ones(2), 10), ("non_covid19", "covid19"), "youden")
     assert absent.thresholds["covid19"] == 0.5 and absent.val_sensitivity["covid19"] is None  # no COVID-19 in validation
 
 
@@ -49,12 +49,12 @@ def test_bad_rules_fail_in_one_line_before_training(run_cli, preprocessed_synthe
 def test_train_stores_thresholds_that_evaluate_recomputes_on_validation(trained_run):
     """Oracle: Youden's J on the validation probabilities that evaluate's own inference path computes."""
     from cxrclf.evaluate.evaluation import _validation_threshold
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
 
     config = RunFolder(trained_run).read_config()
     point = config.operating_point
     assert point.rule == "youden" and point.val_images == 11 and list(point.thresholds) == config.class_names
-    recomputed = _validation_threshold(Predictor(trained_run, "cpu"), config, None, 1)
+    recomputed = _validation_threshold(RunPredictor(trained_run, "cpu"), config, None, 1)
     assert point.thresholds["covid19"] == pytest.approx(recomputed["threshold"], abs=1e-5)
     assert point.val_sensitivity["covid19"] == recomputed["val_sensitivity"] and point.val_specificity["covid19"] == recomputed["val_specificity"]
     assert RunConfig.from_dict(config.to_dict()) == config  # round-trips through config.json
@@ -109,6 +109,7 @@ def test_evaluate_reports_at_the_stored_thresholds(run_cli, trained_run, tmp_pat
     assert f"| stored ({point.thresholds['covid19']:.4f}) | recomputed (" in report
 
 
+@pytest.mark.slow
 def test_a_target_sensitivity_travels_from_train_to_predict(run_cli, preprocessed_synthetic, tmp_path):
     result = run_cli("train", *FAST, "--strategy", "oversample", "--classes", "2", "--data", preprocessed_synthetic, "--out", tmp_path / "run",
                      "--epochs", "1", "--operating-point", "sensitivity=0.9")

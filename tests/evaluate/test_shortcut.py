@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate import shortcut
 from cxrclf.evaluate.intervals import bootstrap
-from cxrclf.evaluate.metrics import auc_score
+from cxrclf.metrics import auc_score
 from cxrclf.labels import SCHEMES
 
 FOUR = list(SCHEMES[4].classes)  # normal, covid19, other_pneumonia, tuberculosis

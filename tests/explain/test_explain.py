@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxrclf.explain.explain import explain_image, positive_fraction_inside
-from cxrclf.inference import Predictor
+from cxrclf.inference import RunPredictor
 from cxrclf.preprocess.params import PreprocessParams
 
 SIZE = 128
@@ -51,7 +51,7 @@ def region_run(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["gradcam", "lime"])
 def test_attribution_falls_inside_the_signal_region(region_run, method, tmp_path):
-    predictor = Predictor(region_run / "run", "cpu")
+    predictor = RunPredictor(region_run / "run", "cpu")
     rng = np.random.default_rng(99)
     region = np.zeros((SIZE, SIZE), bool)
     region[REGION] = True
@@ -59,8 +59,8 @@ def test_attribution_falls_inside_the_signal_region(region_run, method, tmp_path
     for k in range(3):
         cv2.imwrite(str(tmp_path / f"p{k}.png"), _image(rng, True))
         result = explain_image(predictor, tmp_path / f"p{k}.png", method=method, target="covid19", num_samples=300, seed=0, out=tmp_path / f"p{k}.{method}.png")
-        assert result["probabilities"]["covid19"] > 0.5
-        fractions.append(positive_fraction_inside(result["attribution"], region))
+        assert result.probabilities["covid19"] > 0.5 and result.target == "covid19" and result.out == str(tmp_path / f"p{k}.{method}.png")
+        fractions.append(positive_fraction_inside(result.attribution, region))
     assert min(fractions) >= 0.6, fractions  # REGION is 25% of the image
 
 
@@ -83,7 +83,7 @@ def test_gradcam_fast_and_bad_target(run_cli, region_run, tmp_path):
     import time
 
     cv2.imwrite(str(tmp_path / "x.png"), _image(np.random.default_rng(6), False))
-    predictor = Predictor(region_run / "run", "cpu")
+    predictor = RunPredictor(region_run / "run", "cpu")
     start = time.perf_counter()
     explain_image(predictor, tmp_path / "x.png", method="gradcam", out=tmp_path / "g.png")
     assert (tmp_path / "g.png").exists()

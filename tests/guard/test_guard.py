@@ -275,15 +275,69 @@ def test_energy_score_is_minus_logsumexp_and_stable():
 
 
 def test_threshold_is_the_quantile_of_validation_scores():
-    assert threshold_from(np.arange(101.0), 0.95) == 95.0
-    detector = EnergyDetector().calibrate(np.arange(101.0), 0.9)
-    assert (detector.threshold, detector.quantile) == (90.0, 0.9)
+    # the legacy rule (runs trained before the rule was recorded): numpy's interpolated quantile
+    assert threshold_from(np.arange(101.0), 0.95, "quantile") == 95.0
+    detector = EnergyDetector().calibrate(np.arange(101.0), 0.9, "quantile")
+    assert (detector.threshold, detector.quantile, detector.rule) == (90.0, 0.9, "quantile")
     assert detector.flag(np.array([89.0, 90.0, 90.5])).tolist() == [False, False, True]
+    # the default, split-conformal: the ceil(102 * q)-th smallest of 0..100
+    assert threshold_from(np.arange(101.0), 0.95) == 96.0 and threshold_from(np.arange(101.0), 0.9) == 91.0
+    assert EnergyDetector().calibrate(np.arange(101.0)).rule == "conformal"
     for bad in (0.0, 1.0, 1.5, True):
         with pytest.raises(ValueError, match="quantile"):
             threshold_from(np.arange(5.0), bad)
     with pytest.raises(ValueError, match="at least one"):
         threshold_from(np.array([]))
+    with pytest.raises(ValueError, match="rule must be one of conformal, quantile"):
+        threshold_from(np.arange(5.0), 0.9, "median")
+
+
+def _conformal_flags(calibration: np.ndarray, new: np.ndarray, quantile: float) -> np.ndarray:
+    """Brute force from the definition: flag a new score when its conformal p-value,
+    (1 + #{calibration scores >= it}) / (n + 1), is at most 1 - quantile (exact rationals)."""
+    from fractions import Fraction
+
+    n, miss = len(calibration), 1 - Fraction(repr(quantile))
+    return np.array([Fraction(1 + int(np.sum(calibration >= value)), n + 1) <= miss for value in new])
+
+
+def test_conformal_threshold_matches_the_p_value_definition():
+    rng = np.random.default_rng(12)
+    # 0.95 with 19, 39, 59 scores and 0.9 with 29: (n + 1) q is a whole number, where rounding could slip a rank
+    cases = [(19, 0.95), (39, 0.95), (59, 0.95), (29, 0.9), (26, 0.95)]
+    for quantile in rng.choice([0.8, 0.9, 0.95, 0.975], 40):  # n >= q / (1 - q): enough scores for the rank (fewer: the next test)
+        cases.append((int(rng.integers(round(quantile / (1 - quantile)), 300)), float(quantile)))
+    for n, quantile in cases:
+        calibration = rng.gamma(2.0, 3.0, n)
+        if rng.random() < 0.3:
+            calibration = np.round(calibration)  # ties
+        new = np.concatenate([calibration, rng.gamma(2.0, 3.0, 200), [calibration.max() + 1, calibration.min() - 1]])
+        detector = EnergyDetector().calibrate(calibration, quantile)
+        assert detector.flag(new).tolist() == _conformal_flags(calibration, new, quantile).tolist(), (n, quantile)
+
+
+def test_too_few_scores_for_the_conformal_rank_give_the_largest():
+    scores = np.random.default_rng(2).normal(size=18)  # ceil(19 * 0.95) = 19 > 18
+    assert threshold_from(scores, 0.95) == scores.max()
+    assert threshold_from(scores[:10], 0.5) == np.sort(scores[:10])[5]  # ceil(11 * 0.5) = 6: the 6th smallest
+
+
+@pytest.mark.parametrize("distribution", ["normal", "exponential"])
+def test_conformal_threshold_keeps_false_alarms_at_five_percent_with_26_images(distribution):
+    """2000 draws of 26 validation scores and one new score from the same distribution: the
+    conformal threshold flags the new score in 1/27 of draws (at most 5%); the interpolated
+    quantile of runs before it flags about 8.3% (1 - 24.75/27)."""
+    rng = np.random.default_rng(26)
+    sample = getattr(rng, distribution)
+    draws, n, quantile = 2000, 26, 0.95
+    conformal = legacy = 0
+    for _ in range(draws):
+        calibration, new = sample(size=n), sample(size=1)
+        conformal += int(new[0] > threshold_from(calibration, quantile))
+        legacy += int(new[0] > threshold_from(calibration, quantile, "quantile"))
+    # binomial standard error at 2000 draws is 0.005; 0.015 is three of them
+    assert conformal / draws <= 1 - quantile + 0.015 and abs(conformal / draws - 1 / 27) < 0.015  # measured 0.034 and 0.034
+    assert legacy / draws > 1 - quantile + 0.015  # measured 0.076 and 0.081: the old rule breaks the promise
 
 
 def test_flag_before_calibration_and_score_before_fit_say_what_to_do():
@@ -345,10 +399,27 @@ def test_energy_round_trip_and_kind_check(tmp_path):
         GaussianDetector.load(path)
 
 
+def test_rule_round_trips_and_a_file_from_before_the_rule_means_quantile(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(8)
+    detector = GaussianDetector().fit(rng.normal(size=(40, 6)), np.array([0, 1] * 20))
+    detector.calibrate(detector.score(rng.normal(size=(30, 6))))
+    path = detector.save(tmp_path / "ood.safetensors")
+    assert (load_detector(path).rule, load_detector(path).threshold) == ("conformal", detector.threshold)
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "rule"}  # as cxrclf wrote it before recording the rule
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(tensors, str(path), metadata=metadata)
+    old = load_detector(path)
+    assert (old.rule, old.threshold, old.quantile) == ("quantile", detector.threshold, 0.95)
+
+
 def test_uncalibrated_detector_round_trips_without_threshold(tmp_path):
     detector = GaussianDetector().fit(np.random.default_rng(0).normal(size=(20, 3)), np.array([0, 1] * 10))
     loaded = load_detector(detector.save(tmp_path / "ood.safetensors"))
-    assert loaded.threshold is None and loaded.quantile is None
+    assert loaded.threshold is None and loaded.quantile is None and loaded.rule is None
 
 
 def test_truncated_file_raises_a_user_error(tmp_path):
@@ -382,6 +453,10 @@ def test_foreign_and_tampered_files_are_refused(tmp_path):
     save_file(tensors, str(tampered), metadata={**metadata, "feature_dim": "16", "version": "9"})
     with pytest.raises(CxrclfError, match="version '9'"):
         load_detector(tampered)
+    for rule, threshold in (("median", "1.0"), ("", "1.0"), ("conformal", "")):
+        save_file(tensors, str(tampered), metadata={**metadata, "feature_dim": "16", "threshold": threshold, "quantile": threshold and "0.95", "rule": rule})
+        with pytest.raises(CxrclfError, match=f"rule '{rule}' does not fit threshold"):
+            load_detector(tampered)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(json.dumps({"hello": 1}).encode())
     with pytest.raises(CxrclfError, match="damaged or foreign"):
@@ -390,6 +465,7 @@ def test_foreign_and_tampered_files_are_refused(tmp_path):
         load_detector(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.slow
 def test_importing_the_guard_does_not_import_torch():
     code = "import sys, cxrclf.guard; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
@@ -426,6 +502,7 @@ def _phantom_planes(findings: list[str], seed: int, size: int = 48) -> np.ndarra
     return np.stack([to_model_plane(to_uint8(phantom(f, rng, 128).image), size) for f in findings])
 
 
+@pytest.mark.slow
 def test_pooled_features_are_the_heads_input(tiny_model):
     import torch
 

@@ -41,6 +41,40 @@ def test_train_fits_the_guard_and_records_it(trained_run):
     from cxrclf.guard.detector import load_detector
 
     assert load_detector(trained_run / "guard.safetensors").threshold == pytest.approx(guard.threshold)
+    # the split-conformal rule, recorded in both places; the threshold is a validation score, recomputable from the reference
+    from cxrclf.guard.detector import conformal_rank, threshold_from
+    from cxrclf.guard.shift import Reference
+
+    assert guard.rule == "conformal" == load_detector(trained_run / "guard.safetensors").rule
+    assert RunFolder(trained_run).read_config().to_dict()["guard"]["rule"] == "conformal"
+    scores = load_detector(trained_run / "guard.safetensors").score(Reference.load(trained_run / "reference.safetensors").features)
+    assert len(scores) == guard.val_images and guard.threshold == pytest.approx(threshold_from(scores), rel=1e-3)  # float16 features
+    rank = min(conformal_rank(guard.val_images, 0.95), guard.val_images)
+    assert guard.val_flag_rate == pytest.approx(1 - rank / guard.val_images)
+
+
+def test_a_guard_from_before_the_rule_was_recorded_still_loads(trained_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from cxrclf.errors import CxrclfError
+    from cxrclf.inference import RunPredictor
+
+    old = tmp_path / "old-run"
+    shutil.copytree(trained_run, old, ignore=shutil.ignore_patterns("evaluation-*", ".cxrclf"))
+    document = json.loads((old / "config.json").read_text())
+    del document["guard"]["rule"]
+    (old / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CxrclfError, match="its threshold rule is conformal, config.json says quantile"):
+        RunPredictor(old, "cpu")
+    with safe_open(str(old / "guard.safetensors"), framework="numpy") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "rule"}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(tensors, str(old / "guard.safetensors"), metadata=metadata)
+    predictor = RunPredictor(old, "cpu")
+    assert predictor.guard.rule == "quantile" == predictor.config.guard.rule
+    assert predictor.guard_threshold == pytest.approx(document["guard"]["threshold"])
+    assert predictor.config.to_dict()["guard"] == document["guard"]  # written back unchanged, without a rule
 
 
 def test_unseen_layouts_are_flagged_and_phantoms_are_not(run_cli, trained_run, images, tmp_path):
@@ -78,7 +112,7 @@ def _as_version_1(config: RunConfig) -> dict:
         "train": {"model": config.model.name, "strategy": "oversample", "classes": 3, "epochs": 6, "batch_size": 16, "lr": 0.002, "patience": 6,
                   "seed": 0, "pretrained": True, "weights": None, "select_by": "loss", "class_constants": {}, "device": "auto", "threads": 1, "tensorboard": False},
         "train_class_counts": config.outcome.train_class_counts, "class_weights": None, "versions": {}, "status": "finished",
-        "epochs_run": config.outcome.epochs_run, "stopped_early": False, "best_epoch": config.outcome.best_epoch, "select_by": "loss", "best": config.outcome.best,
+        "epochs_run": config.outcome.epochs_run, "stopped_early": False, "best_epoch": config.outcome.best_epoch, "select_by": "loss", "best": config.outcome.best.to_dict(),
     }
 
 
@@ -89,6 +123,7 @@ def test_a_run_from_before_the_guard_still_loads_and_says_so(run_cli, trained_ru
     (old / "config.json").write_text(json.dumps(_as_version_1(current)))
     loaded = RunFolder(old).read_config()
     assert loaded.guard is None and loaded.finished and loaded.model == current.model and loaded.preprocess == current.preprocess
+    assert loaded.outcome.best == current.outcome.best and loaded.outcome.best.epoch == current.outcome.best_epoch
     new = run_cli("predict", images / "in" / "phantom-0.png", "--model", trained_run, "--json")
     result = run_cli("predict", images / "in" / "phantom-0.png", "--model", old, "--json")
     assert result.exit_code == 0, result.stderr

@@ -35,7 +35,7 @@ def inverted(preprocessed_synthetic, tmp_path_factory):
 def test_train_stores_the_validation_features_and_sources(trained_run, preprocessed_synthetic):
     import cv2
 
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
 
     config = RunFolder(trained_run).read_config()
     manifest = pd.read_csv(preprocessed_synthetic / "manifest.csv")
@@ -44,7 +44,7 @@ def test_train_stores_the_validation_features_and_sources(trained_run, preproces
     assert config.reference.sources == val.source.value_counts().sort_index().to_dict()
     reference = Reference.load(trained_run / "reference.safetensors")
     assert list(reference.sources) == list(val.source) and reference.feature_dim == config.reference.feature_dim == config.guard.feature_dim
-    predictor = Predictor(trained_run, "cpu")  # the features inference computes for the same images
+    predictor = RunPredictor(trained_run, "cpu")  # the features inference computes for the same images
     planes = np.stack([predictor.plane_from_preprocessed(cv2.imread(str(preprocessed_synthetic / p), cv2.IMREAD_GRAYSCALE)) for p in val.path])
     _, features, _ = predictor.assess(planes)
     assert np.allclose(reference.features, features, rtol=2e-3, atol=2e-3)  # float16 in the file
@@ -73,7 +73,7 @@ def test_shift_command_end_to_end(run_cli, trained_run, preprocessed_synthetic, 
 
 
 def test_predict_warns_once_for_a_shifted_batch_and_keeps_its_array(run_cli, trained_run, inverted):
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
     from cxrclf.predict import predict_files
 
     result = run_cli("predict", inverted, "--model", trained_run, "--json", "--workers", "1")
@@ -83,9 +83,9 @@ def test_predict_warns_once_for_a_shifted_batch_and_keeps_its_array(run_cli, tra
     lines = [line for line in result.stderr.splitlines() if "as a batch, differ" in line]
     assert len(lines) == 1 and lines[0].startswith(f"cxrclf: warning: {trained_run}: these 25 images") and "p = 0.0010" in lines[0]
     files = sorted(inverted.iterdir())
-    found = predict_files(Predictor(trained_run, "cpu"), files, workers=1)
+    found = predict_files(RunPredictor(trained_run, "cpu"), files, workers=1)
     assert found.shift["tested"] and found.shift["shifted"] and found.shift["images"] == 25
-    few = predict_files(Predictor(trained_run, "cpu"), files[:19], workers=1)
+    few = predict_files(RunPredictor(trained_run, "cpu"), files[:19], workers=1)
     assert few.shift == {"tested": False, "images": 19, "reason": "fewer than 20 images"}
     quiet = run_cli("predict", *files[:19], "--model", trained_run, "--json", "--workers", "1")
     assert "as a batch" not in quiet.stderr

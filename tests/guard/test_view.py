@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from cxrclf.data import imageio, synthetic
 from cxrclf.errors import CxrclfError
 from cxrclf.guard import input_warnings
 from cxrclf.guard.checks import header_warnings, view_families, view_family
-from cxrclf.guard.view import (BUILTIN_FOLDER, PROVENANCE, WEIGHTS, ViewCheck, builtin_view_check, fit_view_check, load_view_check,
-                               pixel_view_warning, view_features)
+from cxrclf.guard.view import (BUILTIN_FOLDER, LUNG_MARGIN, PROVENANCE, WEIGHTS, ViewCheck, builtin_view_check, check_features, fit_view_check,
+                               load_view_check, lung_crop, pixel_view_warning, view_features)
 from cxrclf.inference import plane_from_file
 from cxrclf.io import sha256_file
 from cxrclf.runs import DataSpec, Fields
@@ -113,11 +114,75 @@ def test_features_are_hog_of_the_stretched_thumbnail(phantom):
     # the stretch removes gain and bit depth (up to the rounding of the thumbnail's grey levels)
     sixteen_bit = view_features(phantom.astype(np.uint16) * 257)
     assert np.abs(sixteen_bit - features).mean() < 0.02
-    assert builtin_view_check().probability(sixteen_bit) == pytest.approx(builtin_view_check().probability(features), abs=1e-3)
+    check = builtin_view_check()
+    assert check.probability_ap(phantom.astype(np.uint16) * 257) == pytest.approx(check.probability_ap(phantom), abs=1e-3)
     image = np.random.default_rng(2).integers(0, 256, (96, 96), dtype=np.uint8)  # at 96 px: no resizing
     low, high = np.percentile(image.astype(np.float64), (1, 99))
     oracle = hog(np.clip((image - low) / (high - low), 0, 1), orientations=9, pixels_per_cell=(12, 12), cells_per_block=(2, 2), block_norm="L2-Hys")
     assert np.allclose(view_features(image), oracle)
+
+
+def test_lung_crop_cuts_the_mask_box_at_the_image_size():
+    mask = np.zeros((128, 128), bool)
+    mask[32:96, 16:48] = mask[40:90, 80:112] = True  # two fields: box rows 32-95, columns 16-111
+    pixels = np.arange(256 * 512, dtype=np.uint16).reshape(256, 512)  # twice the mask's height, four times its width
+    assert np.array_equal(lung_crop(pixels, mask, 0.0), pixels[64:192, 64:448])
+    # widened by a quarter of the box's mean side, (64 + 96) / 2: 20 mask pixels, clipped at the left and right edges
+    assert np.array_equal(lung_crop(pixels, mask, 0.25), pixels[24:232, 0:512])
+    assert lung_crop(pixels, np.zeros((128, 128), bool)) is pixels  # no lungs found: the whole image
+    odd = np.zeros((100, 100), bool)
+    odd[10:30, 10:30] = True
+    assert lung_crop(np.zeros((33, 33), np.uint8), odd, 0.0).shape == (7, 7)  # rows 3.3-9.9 of 33, rounded outwards: 3-10
+
+
+class _KnownMask:
+    """A segmenter that finds the same two fields in any plane (rows 32-95, columns 16-111) and records the planes it is handed."""
+
+    input_size, threshold, sha256 = 128, 0.5, "b" * 64
+
+    def __init__(self):
+        self.planes = []
+
+    def plane_probabilities(self, plane, folded=False):
+        self.planes.append(plane)
+        probabilities = np.zeros((128, 128), np.float32)
+        probabilities[32:96, 16:48] = probabilities[40:90, 80:112] = 0.9
+        return probabilities
+
+
+def test_check_features_are_hog_of_the_whole_image_then_of_the_lungs_box():
+    pixels = np.random.default_rng(3).integers(0, 4096, (512, 384), dtype=np.uint16)
+    segmenter = _KnownMask()
+    features = check_features(pixels, LUNG_MARGIN, segmenter)
+    assert features.shape == (2 * 1764,) and features.dtype == np.float64
+    assert np.array_equal(features[:1764], view_features(pixels))
+    # the box widened by 0.15 of (64 + 96) / 2 = 12 mask pixels: rows 20-107 and columns 4-123 of 128, at 4 and 3 image pixels per mask pixel
+    assert np.array_equal(features[1764:], view_features(pixels[80:432, 12:372]))
+    (plane,) = segmenter.planes
+    assert plane.shape == (128, 128) and 0.0 <= plane.min() < plane.max() <= 1.0
+    assert np.array_equal(check_features(pixels, None, segmenter), features[:1764]) and len(segmenter.planes) == 1  # no lungs' box: no network
+
+
+def test_a_check_refuses_the_masks_of_another_segmenter():
+    def check(segmenter_sha256: str) -> ViewCheck:  # P(AP) = logistic(1) for any image
+        return ViewCheck(mean=np.zeros(3528), scale=np.ones(3528), coef=np.zeros(3528), intercept=1.0, lung_margin=LUNG_MARGIN,
+                         segmenter_sha256=segmenter_sha256)
+
+    pixels = np.random.default_rng(4).integers(0, 256, (200, 200), dtype=np.uint8)
+    with pytest.raises(CxrclfError, match="another lung segmenter"):
+        check("a" * 64).probability_ap(pixels, _KnownMask())
+    assert check("b" * 64).probability_ap(pixels, _KnownMask()) == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
+def test_without_pytorch_a_check_on_the_lungs_box_does_not_run(phantom, monkeypatch):
+    import cxrclf.guard.view as view
+
+    find_spec = view.importlib.util.find_spec
+    monkeypatch.setattr(view.importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+    needs_lungs = ViewCheck(mean=np.zeros(3528), scale=np.ones(3528), coef=np.zeros(3528), intercept=3.0, lung_margin=LUNG_MARGIN)
+    assert pixel_view_warning(phantom, ("PA",), needs_lungs) is None
+    whole_image = ViewCheck(mean=np.zeros(1764), scale=np.ones(1764), coef=np.zeros(1764), intercept=3.0)
+    assert pixel_view_warning(phantom, ("PA",), whole_image) == "looks like an AP film (0.95); this run saw PA films only"
 
 
 def test_probability_equals_the_fitted_scikit_learn_pipeline():
@@ -144,6 +209,28 @@ def test_saved_check_loads_the_same_and_hashes_the_same_each_time(tmp_path, phan
     loaded = load_view_check(first)
     assert loaded.sha256 == sha256_file(first) and loaded.threshold == 0.5 and (loaded.side, loaded.cell) == (96, 12)
     assert loaded.probability_ap(phantom) == pytest.approx(check.probability_ap(phantom), abs=1e-12)
+    assert loaded.lung_margin is None and loaded.segmenter_sha256 == ""
+
+
+def test_a_check_on_the_lungs_box_saves_its_margin_and_segmenter_and_a_version_1_file_still_loads(tmp_path):
+    from safetensors.numpy import save
+
+    features = np.random.default_rng(5).normal(size=(40, 3528))
+    check = fit_view_check(features, np.arange(40) % 2 == 0, lung_margin=0.2, segmenter_sha256="c" * 64)
+    loaded = load_view_check(check.save(tmp_path / "lungs.safetensors"))
+    assert (loaded.lung_margin, loaded.segmenter_sha256, loaded.coef.size) == (0.2, "c" * 64, 3528)
+    assert np.allclose(loaded.probability(features), check.probability(features), atol=1e-12)
+    # a file of cxrclf before the lungs' box: the whole image only
+    tensors = {"mean": np.zeros(1764), "scale": np.ones(1764), "coef": np.full(1764, 0.01), "intercept": np.array([0.5])}
+    settings = {"version": "1", "side": 96, "cell": 12, "orientations": 9, "block": 2, "threshold": 0.5}
+    (tmp_path / "v1.safetensors").write_bytes(save(tensors, metadata={"cxrclf-view-check": json.dumps(settings)}))
+    old = load_view_check(tmp_path / "v1.safetensors")
+    assert old.lung_margin is None and old.coef.size == 1764 and old.intercept == 0.5
+    # a version-2 file whose tensors hold one image's features: damaged
+    settings.update(version="2", lung_margin=0.15, segmenter_sha256="")
+    (tmp_path / "short.safetensors").write_bytes(save(tensors, metadata={"cxrclf-view-check": json.dumps(settings)}))
+    with pytest.raises(CxrclfError, match="tensor shapes do not fit 3528 features"):
+        load_view_check(tmp_path / "short.safetensors")
 
 
 def test_damaged_or_foreign_files_are_refused(tmp_path):
@@ -164,12 +251,17 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- the shipped check
 
 
+@pytest.mark.slow
 def test_shipped_check_matches_its_provenance():
     provenance = json.loads((BUILTIN_FOLDER / PROVENANCE).read_text())
     check = builtin_view_check()
     assert provenance["weights"]["sha256"] == sha256_file(BUILTIN_FOLDER / WEIGHTS) == check.sha256
+    from cxrclf.segment.infer import builtin_segmenter
+
     assert provenance["features"] == {"side": check.side, "cell": check.cell, "orientations": check.orientations, "block": check.block,
-                                      "count": check.coef.size}
+                                      "count": check.coef.size, "lung_margin": check.lung_margin, "segmenter": "builtin",
+                                      "segmenter_sha256": check.segmenter_sha256}
+    assert check.lung_margin == LUNG_MARGIN and check.coef.size == 2 * 1764 and check.segmenter_sha256 == builtin_segmenter().sha256
     assert provenance["model"]["threshold"] == check.threshold and provenance["command"].startswith("python benchmarks/views.py --ship")
     counts = provenance["data"]["per_source"]
     assert provenance["data"]["films"] == sum(v["PA"] + v["AP"] for v in counts.values()) and len(provenance["data"]["sha256"]) == 64
@@ -183,7 +275,7 @@ def test_pixel_check_on_real_films(shared_data):
     nih = shared_data / "nih" / "images"
     for name in ("00000211_013.png", "00000061_012.png"):  # View Position AP in Data_Entry_2017.csv
         warning = pixel_view_warning(imageio.read_image(nih / name), ("PA",))
-        assert warning is not None and warning.startswith("looks like an AP film (0.") and warning.endswith("this run saw PA films only"), name
+        assert re.fullmatch(r"looks like an AP film \((0\.[5-9]\d|1\.00)\); this run saw PA films only", warning or ""), (name, warning)
         assert pixel_view_warning(imageio.read_image(nih / name), ("PA", "AP")) is None
     shenzhen = shared_data / "shenzhen" / "ChinaSet_AllFiles" / "CXR_png"
     montgomery = shared_data / "montgomery" / "MontgomerySet" / "CXR_png"

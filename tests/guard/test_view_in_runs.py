@@ -19,7 +19,7 @@ AP_WARNING = "AP view (DICOM ViewPosition AP); this run saw PA films only"
 def both_views(synthetic_sources, tmp_path_factory):
     """Synthetic data fused with ``--views PA,AP`` and a one-epoch run trained on it (its training rows hold AP films)."""
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.train.loop import TrainOptions, train
 

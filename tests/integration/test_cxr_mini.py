@@ -58,7 +58,8 @@ def test_clean_audit(fused, run_cli):
     result = run_cli("audit", out, "--json")
     assert result.exit_code == 0
     found = json.loads(result.stdout)
-    assert found["leakage"] is False and found["single_source_findings"] == {"covid19": "cohen"}
+    assert found["leakage"] is False and found["confounding"]["single_source_findings"] == {"covid19": "cohen"}
+    assert found["confounding"]["warnings"] == ["covid19 comes only from cohen: a model can learn the archive instead of the disease"]
 
 
 def test_real_dicoms_decode(shared_data):
@@ -74,7 +75,7 @@ def test_real_dicoms_decode(shared_data):
 def test_preprocess_the_real_set(fused, tmp_path_factory):
     import cv2
 
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     out, _ = fused

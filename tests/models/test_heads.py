@@ -81,6 +81,7 @@ def test_mobilenetv3_head_widens_after_pooling():
     assert backbone.conv_head.in_channels == 288 and backbone.conv_head.out_channels == 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f.trains], ids=lambda family: family.name)
 def test_a_training_step_changes_the_head_and_reaches_the_backbone(family):
     bundle = _build(family)
@@ -134,6 +135,7 @@ class _NeedsPixels(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+@pytest.mark.slow
 def test_width_is_probed_small_and_at_the_built_size_only_when_needed():
     needy = _NeedsPixels().train()
     assert pooled_width(needy, "needy", 1, 160) == 5

@@ -93,6 +93,7 @@ def test_train_rejects_an_unknown_name_before_reading_data(run_cli, tmp_path, mo
     assert "unknown model 'NASNetLarg'" in result.stderr and "did you mean" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_and_report_show_the_canonical_and_the_requested_name(run_cli, preprocessed_synthetic, tmp_path):
     run = tmp_path / "run"
     result = run_cli("train", "--model", "ResNet", "--strategy", "oversample", "--classes", "3", "--data", preprocessed_synthetic,

@@ -117,6 +117,7 @@ def test_trainable_blocks_freeze_all_but_the_last_blocks(tiny_weights):
     assert head < paper.trainable_parameters < everything.trainable_parameters
 
 
+@pytest.mark.slow
 def test_training_step_leaves_frozen_blocks_and_their_batchnorm_statistics_alone(tiny_weights):
     torch.manual_seed(1)
     bundle = create_model(TINY, 3, weights=tiny_weights, trainable_blocks=2, image_size=SIZE)

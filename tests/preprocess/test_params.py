@@ -61,3 +61,21 @@ def test_run_configs_written_before_the_lung_step_still_load():
                 "preprocess": OLD, "data": {"folder": "data/preprocessed"}, "training": {}}
     config = RunConfig.from_dict(document)
     assert config.preprocess == PreprocessParams.from_dict(OLD) and config.preprocess.lung == "none"
+
+
+def test_choice_fields_are_enum_members_and_files_keep_their_strings(tmp_path):
+    from cxrclf.choices import Denoise, Fit, Inpaint, Lung
+
+    params = PreprocessParams.from_dict(OLD | {"fit": "pad", "inpaint": "ns", "denoise": "none"})
+    # members, not strings that equal them ("pad" == Fit.pad holds for a str enum, identity does not)
+    assert params.fit is Fit.pad and params.inpaint is Inpaint.ns and params.denoise is Denoise.none and params.lung is Lung.none
+    stored = params.to_dict()
+    assert [type(stored[name]) for name in ("fit", "inpaint", "denoise", "lung")] == [str] * 4  # plain strings: json and equality as before
+    assert (stored["fit"], stored["inpaint"], stored["denoise"], stored["lung"]) == ("pad", "ns", "none", "none")
+    assert json.loads(json.dumps(stored)) == {**OLD, "fit": "pad", "inpaint": "ns", "denoise": "none", "lung": "none", "lung_model": "",
+                                              "lung_model_sha256": "", "lung_margin": 0.05}
+    assert PreprocessParams(fit="pad", inpaint="ns", denoise="none", tv_weight=0.3, text_threshold=0.85) == replace(
+        params, tv_weight=0.3) and PreprocessParams(fit=Fit.pad) == PreprocessParams(fit="pad")
+    # a value outside the choices is named with every other problem, not raised while constructing
+    with pytest.raises(CxrclfError, match=r"fit must be one of stretch, pad, not 'wide'; denoise must be one of adaptive-tv, none, not 'heavy'"):
+        PreprocessParams.from_dict(OLD | {"fit": "wide", "denoise": "heavy"})

@@ -17,6 +17,8 @@ import pytest
 
 from tests.reliability.harness import Case, Env, Prepared, run_case
 
+pytestmark = pytest.mark.slow  # every case trains a timm model
+
 MOBILENET_TRAIN = ["--model", "mobilenetv3_small_050", "--no-pretrained", "--image-size", "64", "--epochs", "1", "--strategy", "oversample",
                    "--classes", "3", "--batch-size", "32", "--workers", "1"]
 SHAPE_ERROR = "mat1 and mat2 shapes cannot be multiplied (10x1024 and 288x128)"

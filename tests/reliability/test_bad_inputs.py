@@ -454,7 +454,7 @@ def with_environment(variable: str, value: str, command: str):
 
 
 def preprocess_repairs_damaged_outputs(env: Env) -> Prepared:
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     fused = env.copy(env.fused, "fused")
@@ -578,6 +578,7 @@ CASES = [
     Case("predict-config-guard-threshold-text", predict_with_config(_guard_field("threshold", "high")), message=("guard.threshold", "'high'")),
     Case("predict-config-guard-file-elsewhere", predict_with_config(_guard_field("file", "/etc/passwd")), message=("guard.file",)),
     Case("predict-config-guard-kind-unknown", predict_with_config(_guard_field("kind", "magic")), message=("guard.kind", "'magic'")),
+    Case("predict-config-guard-rule-unknown", predict_with_config(_guard_field("rule", "median")), message=("guard.rule", "one of conformal, quantile", "'median'")),
     Case("predict-config-without-status", predict_with_config(_without("status")), message=("field status is missing",)),
     Case("predict-config-without-format-version", predict_with_config(_without("format_version")), message=("field format_version is missing",)),
     Case("predict-cv-missing-fold", predict_cv_missing_fold, message=("fold-2 is missing", "3 folds")),
@@ -598,6 +599,10 @@ def test_case_names_are_unique():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+# Cases of the commands that use a run (a session's trained run, or a training of their own) are slow.
+USES_A_RUN = ("train", "predict", "evaluate", "explain", "segment")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name.startswith(USES_A_RUN) else c for c in CASES], ids=str)
 def test_bad_input(case: Case, catalogue_env: Env, run_cli):
     run_case(case, catalogue_env, run_cli)

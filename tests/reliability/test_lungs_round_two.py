@@ -28,6 +28,7 @@ def _blank(masks: list) -> None:
 TRAIN = ["--encoder", "mobilenetv3_small_050", "--no-pretrained", "--image-size", "64", "--epochs", "1", "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_training_on_masks_without_a_lung_fails_in_one_line_naming_the_files(run_cli, nlm_with_masks, tmp_path):
     nlm = tmp_path / "nlm"
     shutil.copytree(nlm_with_masks, nlm)
@@ -42,6 +43,7 @@ def test_training_on_masks_without_a_lung_fails_in_one_line_naming_the_files(run
     assert not (tmp_path / "lung" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_one_empty_mask_among_good_ones_is_named_alone(run_cli, nlm_with_masks, tmp_path):
     nlm = tmp_path / "nlm"
     shutil.copytree(nlm_with_masks, nlm)

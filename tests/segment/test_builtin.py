@@ -44,7 +44,7 @@ def test_builtin_is_the_default_and_a_name(monkeypatch, tmp_path):
     with pytest.raises(CxrclfError, match=f"\\${LUNG_MODEL_ENV} names a missing folder") as caught:
         resolve_segment_run(None)
     assert "--lung-model" not in str(caught.value)
-    from cxrclf.preprocess.lung import lung_params
+    from cxrclf.segment.run import lung_params
 
     monkeypatch.delenv(LUNG_MODEL_ENV)
     recorded = lung_params("crop", None)
@@ -60,8 +60,8 @@ def builtin_run(tmp_path_factory):
     from cxrclf.data import synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
     from cxrclf.data.imageio import read_image
-    from cxrclf.preprocess.batch import preprocess_folder
-    from cxrclf.preprocess.lung import lung_params
+    from cxrclf.prepare import preprocess_folder
+    from cxrclf.segment.run import lung_params
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.train.loop import TrainOptions, train
 

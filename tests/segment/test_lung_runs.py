@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrclf.preprocess.lung import lung_params
+from cxrclf.segment.run import lung_params
 from cxrclf.preprocess.params import PreprocessParams
 
 
@@ -18,7 +18,7 @@ from cxrclf.preprocess.params import PreprocessParams
 def lung_run(synthetic_sources, tiny_segmenter, tmp_path_factory):
     """Fused phantoms -> lung-cropped 64 px images (a private copy of the segmenter) -> a 3-class baseline run."""
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.train.loop import TrainOptions, train
 
     root = tmp_path_factory.mktemp("lung-run")
@@ -44,16 +44,16 @@ def test_preprocessing_records_the_segmenter_and_crops_every_image(lung_run):
 
 def test_predict_equals_evaluate_on_lung_cropped_external_data(lung_run):
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
     from cxrclf.predict import predict_files
 
     root = lung_run["root"]
     result = evaluate(EvaluateOptions(run=root / "run", data=root / "fused", split="test", bootstrap=0, workers=1, device="cpu"))
-    predictions = pd.read_csv(f"{result['out']}/predictions.csv")
+    predictions = pd.read_csv(f"{result.out}/predictions.csv")
     manifest = pd.read_csv(root / "fused" / "manifest.csv").set_index("image_id")
     files = [root / "fused" / manifest.loc[i, "path"] for i in predictions["image_id"]]
-    predicted = predict_files(Predictor(root / "run", "cpu"), files, workers=2)  # worker processes: the same masks, the same crops
-    ours = np.array([[r["probabilities"][c] for c in ("normal", "covid19", "other")] for r in predicted])
+    predicted = predict_files(RunPredictor(root / "run", "cpu"), files, workers=2)  # worker processes: the same masks, the same crops
+    ours = np.array([[r.probabilities[c] for c in ("normal", "covid19", "other")] for r in predicted])
     np.testing.assert_allclose(ours, predictions[["prob_normal", "prob_covid19", "prob_other"]].to_numpy(), atol=1e-6)
 
 
@@ -85,13 +85,13 @@ def test_a_changed_segmenter_is_refused_in_one_line(lung_run, run_cli, tmp_path)
     image = next((lung_run["root"] / "fused" / "images").glob("*.png"))
     try:
         weights.write_bytes(original[:-4] + b"\0\0\0\0")
-        from cxrclf.preprocess import lung
+        from cxrclf.segment import run as segment_run
 
-        lung._LOADED.clear()  # this process loaded it before the change
+        segment_run._LOADED.clear()  # this process loaded it before the change
         result = run_cli("predict", image, "--model", root / "run", "--device", "cpu", "--workers", "1")
     finally:
         weights.write_bytes(original)
-        lung._LOADED.clear()
+        segment_run._LOADED.clear()
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "lung segmenter's weights changed since the preprocessing parameters were recorded" in lines[0]

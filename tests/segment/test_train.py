@@ -46,6 +46,7 @@ def test_config_round_trips_and_a_damaged_field_is_one_line(tiny_segmenter, tmp_
         SegmentConfig.from_dict({"format_version": 2, "model": {"class_names": ["a", "b"]}})
 
 
+@pytest.mark.slow
 def test_resume_continues_and_a_finished_folder_is_not_retrained_by_accident(phantom_nlm, tmp_path):
     out = tmp_path / "lung"
     options = dict(nlm=phantom_nlm, out=out, patience=5, **TINY)

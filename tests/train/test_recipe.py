@@ -23,7 +23,7 @@ def prepared(tmp_path_factory):
     """The phantoms of the shared fixture, preprocessed with the parameters spelled out (defaults may move)."""
     from cxrclf.data import synthetic
     from cxrclf.data.fuse import FuseOptions, fuse
-    from cxrclf.preprocess.batch import preprocess_folder
+    from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
     root = tmp_path_factory.mktemp("recipe")
@@ -45,6 +45,7 @@ def _losses_and_weights(folder):
     return metrics[["train_loss", "val_loss"]].to_numpy(), load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_paper_recipe_is_the_default_and_repeats_bit_for_bit_on_this_machine(prepared, tmp_path):
     """Golden losses from one CPU are no test (another CPU's kernels move them): two runs here must agree exactly."""
     train(_options(prepared, tmp_path / "explicit", recipe="paper"))
@@ -90,12 +91,13 @@ def test_warm_up_then_cosine():
     assert all(lr_factor(step, 10, 5, RECIPES[Recipe.paper]) == 1.0 for step in range(50))
 
 
+@pytest.mark.slow
 def test_small_data_recipe_trains_all_blocks_with_averaged_weights(prepared, tmp_path):
     summary = train(_options(prepared, tmp_path / "small", recipe="small-data", lr=None, epochs=3, patience=3))
     config = RunFolder(tmp_path / "small").read_config()
     assert config.training.recipe is Recipe.small_data and config.training.augment is Augment.light
     assert config.training.select_by.value == "auc" and config.training.lr == RECIPES[Recipe.small_data].lr
-    assert config.model.trainable_blocks == "all" and summary["outcome"]["epochs_run"] >= 1
+    assert config.model.trainable_blocks == "all" and summary.config.outcome.epochs_run >= 1 and summary.config == config and summary.run == tmp_path / "small"
     checkpoint = RunFolder(tmp_path / "small").load_checkpoint()
     assert {"scheduler", "ema"} <= set(checkpoint)
     # the kept weights are the moving average, not the last optimiser step
@@ -138,11 +140,11 @@ def test_fold_ensemble_is_the_mean_of_its_folds(run_cli, cv_run, prepared, tmp_p
 def test_tta_one_view_is_no_tta_and_predict_equals_evaluate_with_tta(run_cli, trained_run, preprocessed_synthetic, tmp_path):
     import json
 
-    from cxrclf.inference import Predictor
+    from cxrclf.inference import RunPredictor
 
     frame, root = read_preprocessed(preprocessed_synthetic)
     planes = load_images(frame[frame.split == "test"].head(8), root, SCHEMES[3], 48).take(np.arange(8))
-    plain, once, thrice = Predictor(trained_run, "cpu"), Predictor(trained_run, "cpu", tta=1), Predictor(trained_run, "cpu", tta=3)
+    plain, once, thrice = RunPredictor(trained_run, "cpu"), RunPredictor(trained_run, "cpu", tta=1), RunPredictor(trained_run, "cpu", tta=3)
     assert np.array_equal(plain.assess(planes)[0], once.assess(planes)[0]) and np.allclose(plain.probabilities(planes), once.assess(planes)[0], atol=1e-6)
     augmented = thrice.assess(planes)[0]
     assert not np.allclose(augmented, once.assess(planes)[0]) and np.allclose(augmented.sum(axis=1), 1, atol=1e-5)

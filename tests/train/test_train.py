@@ -27,6 +27,7 @@ def _train(run_cli, data, out, *extra):
     return run_cli("train", "--data", data, "--out", out, *FAST, *extra)
 
 
+@pytest.mark.slow
 def test_small_model_learns(run_cli, preprocessed_synthetic, tmp_path):
     result = _train(run_cli, preprocessed_synthetic, tmp_path / "runs" / "r", "--strategy", "oversample", "--classes", "4", "--epochs", "8", "--patience", "8")
     assert result.exit_code == 0, result.stderr
@@ -48,6 +49,7 @@ def test_small_model_learns(run_cli, preprocessed_synthetic, tmp_path):
     assert latest.is_symlink() and latest.resolve() == (tmp_path / "runs" / "r").resolve()
 
 
+@pytest.mark.slow
 def test_weighted_strategy_uses_eq1_and_never_sees_val_or_test(run_cli, preprocessed_synthetic, tmp_path, monkeypatch):
     seen: list[np.ndarray] = []
     original = Trainer.fit_epoch
@@ -69,6 +71,7 @@ def test_weighted_strategy_uses_eq1_and_never_sees_val_or_test(run_cli, preproce
     assert len(seen) == 1 and sorted(seen[0].tolist()) == list(range(total))  # indices into the train split only
 
 
+@pytest.mark.slow
 def test_oversampled_training_order_is_balanced_and_train_only(run_cli, preprocessed_synthetic, tmp_path, monkeypatch):
     captured = []
     original = train_loop.imbalance.oversample_epoch
@@ -88,6 +91,7 @@ def test_oversampled_training_order_is_balanced_and_train_only(run_cli, preproce
         assert np.bincount(labels[order]).tolist() == [train_total - train_covid] * 2
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused_and_bad_weights_rejected(run_cli, preprocessed_synthetic, tmp_path):
     out = tmp_path / "r"
     assert _train(run_cli, preprocessed_synthetic, out, "--strategy", "weighted", "--classes", "2", "--epochs", "1").exit_code == 0
@@ -107,6 +111,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cxrclf", "train", *args]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(preprocessed_synthetic, tmp_path):
     common = ["--data", str(preprocessed_synthetic), *FAST, "--strategy", "oversample", "--classes", "4", "--epochs", "4", "--patience", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -127,6 +132,7 @@ def test_resume_after_sigkill_equals_uninterrupted(preprocessed_synthetic, tmp_p
         pd.read_csv(tmp_path / "cut" / "metrics.csv").drop(columns=["images_per_s", "seconds"]))
 
 
+@pytest.mark.slow
 def test_cross_validation_writes_every_fold(run_cli, preprocessed_synthetic, tmp_path):
     result = _train(run_cli, preprocessed_synthetic, tmp_path / "cv", "--strategy", "weighted", "--classes", "2", "--epochs", "1", "--cv")
     assert result.exit_code == 0, result.stderr
@@ -138,6 +144,7 @@ def test_cross_validation_writes_every_fold(run_cli, preprocessed_synthetic, tmp
     assert summary["val_loss"]["mean"] == pytest.approx(np.mean(summary["val_loss"]["values"]))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_write_one_run(preprocessed_synthetic, tmp_path):
     args = ["--data", str(preprocessed_synthetic), *FAST, "--strategy", "oversample", "--classes", "3", "--epochs", "2", "--patience", "5"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -152,6 +159,7 @@ def test_torchrun_two_processes_write_one_run(preprocessed_synthetic, tmp_path):
     assert json.loads((tmp_path / "runs" / "two" / "config.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_or_says_what_to_install(run_cli, preprocessed_synthetic, tmp_path):
     import importlib.util
 
@@ -163,6 +171,7 @@ def test_tensorboard_logs_or_says_what_to_install(run_cli, preprocessed_syntheti
         assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_select_by_auc_needs_two_validation_classes(run_cli, preprocessed_synthetic, tmp_path):
     import shutil
 

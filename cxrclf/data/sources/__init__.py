@@ -2,7 +2,9 @@
 
 Readers only read metadata (and, for RSNA, DICOM headers); pixels are decoded once, later,
 by :mod:`cxrclf.data.fuse`. A row a reader cannot use becomes an :class:`Exclusion` with
-a short ``reason`` (counted in the report) and a ``detail``.
+a short ``reason`` (counted in the report) and a ``detail``. Every reader has the same
+shape: load the source's rows, apply its named filters in order
+(:mod:`cxrclf.data.sources.filters`), translate the rows that pass.
 """
 
 from __future__ import annotations

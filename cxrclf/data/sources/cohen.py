@@ -12,9 +12,12 @@ Three upstream schemas exist and all are read:
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder, resolve_inside
+from cxrclf.data.sources import SourceRecord, SourceRows, require_folder, resolve_inside
+from cxrclf.data.sources.filters import (Drop, RowFilter, apply_filters, file_exists, requested_views, row_filter, to_record,
+                                         view_recorded, view_requested)
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import COVID19, NORMAL, OTHER_PNEUMONIA, TUBERCULOSIS
 
@@ -55,9 +58,52 @@ def _columns(header: list[str]) -> dict[str, str]:
     return {" ".join(name.strip().lower().split()).replace(" ", "_"): name for name in header}
 
 
+@dataclass(frozen=True)
+class CohenRow:
+    """One metadata.csv row, as the filters see it."""
+
+    position: int
+    source_file: str     # "<folder>/<filename>" ("" when the filename is blank)
+    filename: str
+    patient: str
+    modality: str
+    view: str
+    finding_text: str
+    sex: str
+    age: str
+    finding: str = ""           # set by known_finding
+    file: Path | None = None    # set by safe_path
+    source: str = SOURCE
+
+
 def read(folder: Path, views: tuple[str, ...]) -> SourceRows:
     folder = require_folder(folder, "Cohen")
-    metadata = folder / "metadata.csv"
+    filters = [x_ray, view_recorded, view_requested(requested_views(views)), known_finding, safe_path(folder), file_exists]
+    rows, exclusions = apply_filters(_load(folder), filters)
+    return SourceRows(records=[_record(row) for row in rows], exclusions=exclusions)
+
+
+def _load(folder: Path) -> list[CohenRow]:
+    """metadata.csv's rows, whichever of the three schemas names the columns."""
+    columns, rows = _read_metadata(folder / "metadata.csv")
+
+    def get(row: dict, key: str) -> str:
+        name = columns.get(key)
+        return (row.get(name) or "").strip() if name else ""
+
+    def cohen_row(position: int, row: dict) -> CohenRow:
+        filename = get(row, "filename")
+        return CohenRow(
+            position=position, source_file=f"{get(row, 'folder') or 'images'}/{filename}" if filename else "", filename=filename,
+            patient=get(row, "patientid"), modality=get(row, "modality"), view=get(row, "view"), finding_text=get(row, "finding"),
+            sex=get(row, "sex"), age=get(row, "age"),
+        )
+
+    return [cohen_row(position, row) for position, row in enumerate(rows)]
+
+
+def _read_metadata(metadata: Path) -> tuple[dict[str, str], list[dict]]:
+    """The normalised column names (see :func:`_columns`) and the rows of ``metadata.csv``."""
     if not metadata.is_file():
         raise CxrclfError("Cohen metadata.csv not found (expected the covid-chestxray-dataset folder)", metadata)
     try:
@@ -70,54 +116,40 @@ def read(folder: Path, views: tuple[str, ...]) -> SourceRows:
     for needed in ("patientid", "finding", "view", "filename"):
         if needed not in columns:
             raise CxrclfError(f"missing column {needed!r}", metadata)
+    return columns, rows
 
-    wanted = {v.strip().upper() for v in views}
-    out = SourceRows()
 
-    def get(row: dict, key: str) -> str:
-        name = columns.get(key)
-        return (row.get(name) or "").strip() if name else ""
+@row_filter
+def x_ray(row: CohenRow) -> CohenRow | Drop:
+    """The early schema has no modality column: its rows are all X-rays."""
+    if row.modality and row.modality.lower() not in ("x-ray", "xray", "cr", "dx"):
+        return Drop("not an X-ray", f"modality {row.modality}")
+    return row
 
-    for row in rows:
-        folder_name = get(row, "folder") or "images"
-        filename = get(row, "filename")
-        source_file = f"{folder_name}/{filename}" if filename else ""
-        modality = get(row, "modality")
-        view = get(row, "view")
-        if modality and modality.lower() not in ("x-ray", "xray", "cr", "dx"):
-            out.exclusions.append(Exclusion(SOURCE, source_file, "not an X-ray", f"modality {modality}"))
-            continue
-        if not view:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "view not recorded"))
-            continue
-        if view.upper() not in wanted:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "view not requested", f"view {view}"))
-            continue
-        finding_text = get(row, "finding")
-        finding = map_finding(finding_text)
-        if finding is None:
-            reason = "unlabelled finding" if finding_text.strip().lower() in _UNLABELLED else "unrecognised finding"
-            out.exclusions.append(Exclusion(SOURCE, source_file, reason, f"finding {finding_text!r}"))
-            continue
-        unsafe = not filename or filename.startswith(("/", "\\")) or Path(filename).is_absolute()
-        path = None if unsafe else resolve_inside(folder, source_file)
+
+@row_filter
+def known_finding(row: CohenRow) -> CohenRow | Drop:
+    finding = map_finding(row.finding_text)
+    if finding is None:
+        reason = "unlabelled finding" if row.finding_text.strip().lower() in _UNLABELLED else "unrecognised finding"
+        return Drop(reason, f"finding {row.finding_text!r}")
+    return replace(row, finding=finding)
+
+
+def safe_path(folder: Path) -> RowFilter:
+    """Keeps the rows whose image lies inside ``folder`` (a row cannot name /etc/passwd or ../..)."""
+
+    @row_filter
+    def safe_path(row: CohenRow) -> CohenRow | Drop:
+        unsafe = not row.filename or row.filename.startswith(("/", "\\")) or Path(row.filename).is_absolute()
+        path = None if unsafe else resolve_inside(folder, row.source_file)
         if path is None:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "unsafe path", "absolute or outside the source folder"))
-            continue
-        if not path.is_file():
-            out.exclusions.append(Exclusion(SOURCE, source_file, "file not found"))
-            continue
-        patient = get(row, "patientid")
-        out.records.append(
-            SourceRecord(
-                source=SOURCE,
-                file=path,
-                source_file=source_file,
-                patient_id=f"{SOURCE}:{patient}" if patient else f"{SOURCE}:file:{source_file}",
-                finding=finding,
-                view=view.upper(),
-                sex=normalise_sex(get(row, "sex")),
-                age=normalise_age(get(row, "age")),
-            )
-        )
-    return out
+            return Drop("unsafe path", "absolute or outside the source folder")
+        return replace(row, file=path)
+
+    return safe_path
+
+
+def _record(row: CohenRow) -> SourceRecord:
+    """Without a patient id an image is its own patient."""
+    return to_record(row, row.patient or f"file:{row.source_file}", view=row.view.upper())

@@ -15,9 +15,11 @@ images are NIH images under new ids: only their pixels tell (see :mod:`cxrclf.da
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder
+from cxrclf.data.sources import SourceRecord, SourceRows, require_folder
+from cxrclf.data.sources.filters import Drop, apply_filters, requested_views, row_filter, to_record, view_recorded, view_requested
 from cxrclf.errors import CxrclfError
 from cxrclf.io import read_csv_rows
 from cxrclf.labels import NORMAL, OTHER_PNEUMONIA
@@ -57,48 +59,65 @@ def image_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _patient(row: dict[str, str], image_name: str) -> str:
+def _patient(patient_id: str, image_name: str) -> str:
     """NIH's patient number without leading zeros (the CSV says 61, the file name 00000061_012.png)."""
-    patient = row["Patient ID"] or image_name.split("_")[0]
+    patient = patient_id or image_name.split("_")[0]
     return str(int(patient)) if patient.isdigit() else patient
+
+
+@dataclass(frozen=True)
+class NihRow:
+    """One Data_Entry_2017.csv row, as the filters see it."""
+
+    position: int
+    source_file: str
+    name: str              # "Image Index"
+    file: Path | None      # None when no scanned PNG has that name
+    labels: str            # "Finding Labels" as written
+    view: str
+    patient: str           # "Patient ID" as written
+    sex: str
+    age: str
+    finding: str = ""      # set by known_labels
+    source: str = SOURCE
 
 
 def read(folder: Path, views: tuple[str, ...]) -> SourceRows:
     folder = require_folder(folder, "NIH ChestX-ray14")
+    filters = [known_labels, view_recorded, view_requested(requested_views(views)), scanned]
+    rows, exclusions = apply_filters(_load(folder), filters)
+    return SourceRows(records=[_record(row) for row in rows], exclusions=exclusions)
+
+
+def _load(folder: Path) -> list[NihRow]:
     rows = read_csv_rows(folder / LABELS, _COLUMNS, "NIH ChestX-ray14 table")
     files = image_files(folder)
     if rows and not files:
         raise CxrclfError("no NIH images found: expected images/*.png or images_001/images/*.png beside Data_Entry_2017.csv", folder)
-    wanted = {v.strip().upper() for v in views}
-    out = SourceRows()
-    for row in rows:
+
+    def nih_row(position: int, row: dict[str, str]) -> NihRow:
         name = row["Image Index"]
         path = files.get(name)  # only scanned PNGs are looked up: a table row cannot point outside the folder
-        source_file = path.relative_to(folder).as_posix() if path else f"images/{name}"
-        finding, reason = map_labels(row["Finding Labels"])
-        if finding is None:
-            out.exclusions.append(Exclusion(SOURCE, source_file, reason, f"labels {row['Finding Labels']!r}"))
-            continue
-        view = row["View Position"].upper()
-        if not view:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "view not recorded"))
-            continue
-        if view not in wanted:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "view not requested", f"view {view}"))
-            continue
-        if path is None:
-            out.exclusions.append(Exclusion(SOURCE, source_file, "file not found"))
-            continue
-        out.records.append(
-            SourceRecord(
-                source=SOURCE,
-                file=path,
-                source_file=source_file,
-                patient_id=f"{SOURCE}:{_patient(row, name)}",
-                finding=finding,
-                view=view,
-                sex=normalise_sex(row.get("Patient Gender", "")),
-                age=normalise_age(row.get("Patient Age", "")),
-            )
+        return NihRow(
+            position=position, source_file=path.relative_to(folder).as_posix() if path else f"images/{name}", name=name,
+            file=path, labels=row["Finding Labels"], view=row["View Position"].upper(), patient=row["Patient ID"],
+            sex=row.get("Patient Gender", ""), age=row.get("Patient Age", ""),
         )
-    return out
+
+    return [nih_row(position, row) for position, row in enumerate(rows)]
+
+
+@row_filter
+def known_labels(row: NihRow) -> NihRow | Drop:
+    finding, reason = map_labels(row.labels)
+    return Drop(reason, f"labels {row.labels!r}") if finding is None else replace(row, finding=finding)
+
+
+@row_filter
+def scanned(row: NihRow) -> NihRow | Drop:
+    """The file was found when the image folders were scanned (no stat per row: there are 112,120)."""
+    return row if row.file is not None else Drop("file not found")
+
+
+def _record(row: NihRow) -> SourceRecord:
+    return to_record(row, _patient(row.patient, row.name))

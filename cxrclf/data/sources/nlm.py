@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from cxrclf.data.sources import Exclusion, SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder, resolve_inside
+from cxrclf.data.sources import SourceRecord, SourceRows, normalise_age, normalise_sex, require_folder
+from cxrclf.data.sources.filters import Drop, apply_filters, inside_folder, requested_views, row_filter, view_requested
 from cxrclf.errors import CxrclfError
 from cxrclf.labels import NORMAL, TUBERCULOSIS
 
@@ -73,8 +75,31 @@ def _metadata_tables(root: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
+@dataclass(frozen=True)
+class NlmImage:
+    """One ``MCUCXR_dddd_L.png`` or ``CHNCXR_dddd_L.png`` X-ray, as the filters see it."""
+
+    position: int
+    file: Path
+    source_file: str     # relative to the folder given
+    source: str          # montgomery or shenzhen, from the prefix
+    number: str          # the patient
+    digit: str           # the label: 1 tuberculosis, 0 normal
+    view: str = VIEW
+
+
 def read(folder: Path, views: tuple[str, ...] = ("PA",)) -> SourceRows:
     folder = require_folder(folder, "NLM")
+    images, masks = _scan(folder)
+    tables = _metadata_tables(folder)
+    # a link out of the folder is refused by the same rule as the Cohen reader's paths
+    filters = [inside_folder(folder, "a link to a file outside the source folder"), known_digit, view_requested(requested_views(views))]
+    rows, exclusions = apply_filters(images, filters)
+    return SourceRows(records=[_record(row, tables) for row in rows], exclusions=exclusions, lung_masks=masks)
+
+
+def _scan(folder: Path) -> tuple[list[NlmImage], dict[str, dict[str, int]]]:
+    """The X-rays under ``folder`` (sorted by path) and the lung masks counted per source and side."""
     images, masks = [], {}
     for path in sorted(p for p in folder.rglob("*.png") if MASK_PATTERN.match(p.name)):
         side = mask_side(path, folder)
@@ -87,36 +112,31 @@ def read(folder: Path, views: tuple[str, ...] = ("PA",)) -> SourceRows:
         masks[source][side] += 1
     if not images:
         raise CxrclfError("no MCUCXR_dddd_L.png or CHNCXR_dddd_L.png images found (expected an NLM set folder or its parent)", folder)
-    tables = _metadata_tables(folder)
-    keep_view = VIEW in {v.strip().upper() for v in views}
-    out = SourceRows(lung_masks=masks)
-    for path in images:
-        match = PATTERN.match(path.name)
-        prefix, number, digit = match.group(1).upper(), match.group(2), match.group(3)
-        source = SOURCES[prefix]
-        source_file = path.relative_to(folder).as_posix()
-        if resolve_inside(folder, source_file) is None:  # a link out of the folder: the same rule as the Cohen reader
-            out.exclusions.append(Exclusion(source, source_file, "unsafe path", "a link to a file outside the source folder"))
-            continue
-        if digit not in "01":
-            out.exclusions.append(Exclusion(source, source_file, "unrecognised finding", f"label digit {digit}"))
-            continue
-        if not keep_view:
-            out.exclusions.append(Exclusion(source, source_file, "view not requested", f"view {VIEW}"))
-            continue
-        sex, age = tables.get(path.name.lower(), ("", ""))
-        if not sex and not age:
-            sex, age = _clinical_reading(path)
-        out.records.append(
-            SourceRecord(
-                source=source,
-                file=path,
-                source_file=source_file,
-                patient_id=f"{source}:{number}",
-                finding=TUBERCULOSIS if digit == "1" else NORMAL,
-                view=VIEW,
-                sex=sex,
-                age=age,
-            )
-        )
-    return out
+    return [_image(position, path, folder) for position, path in enumerate(images)], masks
+
+
+def _image(position: int, path: Path, folder: Path) -> NlmImage:
+    prefix, number, digit = PATTERN.match(path.name).groups()
+    return NlmImage(position, path, path.relative_to(folder).as_posix(), SOURCES[prefix.upper()], number, digit)
+
+
+@row_filter
+def known_digit(row: NlmImage) -> NlmImage | Drop:
+    return row if row.digit in "01" else Drop("unrecognised finding", f"label digit {row.digit}")
+
+
+def _record(row: NlmImage, tables: dict[str, tuple[str, str]]) -> SourceRecord:
+    """Sex and age from a metadata table, else from the image's clinical reading."""
+    sex, age = tables.get(row.file.name.lower(), ("", ""))
+    if not sex and not age:
+        sex, age = _clinical_reading(row.file)
+    return SourceRecord(
+        source=row.source,
+        file=row.file,
+        source_file=row.source_file,
+        patient_id=f"{row.source}:{row.number}",
+        finding=TUBERCULOSIS if row.digit == "1" else NORMAL,
+        view=VIEW,
+        sex=sex,
+        age=age,
+    )

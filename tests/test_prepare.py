@@ -1,3 +1,5 @@
+"""The preprocessing stage (cxrclf.prepare): a fused folder in, a preprocessed folder out, resumable."""
+
 from __future__ import annotations
 
 import json
@@ -88,15 +90,23 @@ def test_preview_of_one_image_and_bad_input(run_cli, synthetic_sources, fused, t
     assert wrong.exit_code == 2 and "channels must be 1 or 3" in wrong.stderr and not (tmp_path / "x.png").exists()
 
 
-def test_pad_keeps_aspect_and_sixteen_bit_large_input():
-    from cxrclf.preprocess.pipeline import preprocess_stages
+def test_the_worker_takes_and_answers_frozen_picklable_values(fused, tmp_path):
+    import dataclasses
+    import hashlib
+    import pickle
 
-    wide = np.zeros((1000, 4000), np.uint16)
-    wide[:, 1000:3000] = 40000
-    params = PreprocessParams(size=64, fit="pad", channels=1)
-    stages = preprocess_stages(wide, params)
-    assert stages["input"].shape == (256, 1024)  # limited to work_size on the long side
-    out = stages["final"][..., 0]
-    assert out.shape == (64, 64)
-    assert out[:20].max() == 0 and out[-20:].max() == 0  # padding above and below
-    assert out[32, 32] > 100
+    from cxrclf.prepare import ImageOutcome, ImageTask, _process_one
+
+    source = sorted((fused / "images").glob("*.png"))[0]
+    task = ImageTask(source, tmp_path / "out.png", PreprocessParams(size=32))
+    assert pickle.loads(pickle.dumps(task)) == task  # what crosses to a worker process
+    made = _process_one(task)
+    assert made == ImageOutcome("made", hashlib.sha256((tmp_path / "out.png").read_bytes()).hexdigest())
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert _process_one(task) == ImageOutcome("reused", made.sha256)
+    assert _process_one(dataclasses.replace(task, recorded_sha256="0" * 64)) == ImageOutcome("repaired", made.sha256)  # not the recorded image
+    failed = _process_one(ImageTask(tmp_path / "missing.png", tmp_path / "never.png", task.params))
+    assert failed == ImageOutcome("failed", reason="file not found")
+    assert not (tmp_path / "never.png").exists()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.status = "failed"

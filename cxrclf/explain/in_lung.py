@@ -2,14 +2,15 @@
 
 The lung fields are those of the image the model saw (its input plane: after any crop or
 grey-out), found by a :class:`~cxrclf.segment.infer.Segmenter`. The share is
-:func:`cxrclf.explain.explain.positive_fraction_inside` of the attribution and that mask: 1
+:func:`~cxrclf.explain.explain.positive_fraction_inside` of the attribution and that mask: 1
 when all positive attribution lies in the lungs, 0 when none does. An attribution with no
 positive mass has no share (None). For comparison, a map spread evenly over the image would
 score the lungs' area fraction, which is reported beside it.
 
 ``explain`` reports it for one image (LIME or Grad-CAM); ``evaluate --lung-model RUN``
 reports the mean over the evaluated images of Grad-CAM for the predicted class, per true
-class and per source, and says so when the model looks mostly outside the lungs.
+class and per source, and says so when the model looks mostly outside the lungs. Evaluate
+does not import explain (they are siblings): the command hands it :func:`lung_attention`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["LOOKS_OUTSIDE", "in_lung_share", "lung_attention", "lung_share_on_figure", "markdown_lines", "plane_lung_mask", "segmenter_for_run", "summarise"]
+__all__ = ["LOOKS_OUTSIDE", "in_lung_share", "lung_attention", "lung_share_on_figure", "plane_lung_mask", "segmenter_for_run", "summarise"]
 
 # Below this mean share, more of the model's evidence lies outside the lungs than inside: a warning sign.
 LOOKS_OUTSIDE = 0.5
@@ -44,7 +45,7 @@ def in_lung_share(attribution: np.ndarray, lung_mask: np.ndarray) -> float | Non
 def segmenter_for_run(params, lung_model: Path | str | None):
     """The segmenter that measures: ``lung_model`` if given (``builtin`` too), else the one the run's preprocessing used, else the built-in."""
     if lung_model is None and params.uses_lungs:
-        from cxrclf.preprocess.lung import segmenter_for
+        from cxrclf.segment.run import segmenter_for
 
         return segmenter_for(params)
     from cxrclf.segment.infer import Segmenter, builtin_segmenter
@@ -75,7 +76,7 @@ def lung_attention(predictor, rows: pd.DataFrame, root: Path, needs_preprocessin
         plane = item["plane"]
         target = predictor.class_names.index(predictions["predicted"].iloc[index])
         mask = plane_lung_mask(segmenter, plane)
-        heat = np.mean([grad_cam(member, plane, target) for member in getattr(predictor, "members", [predictor])], axis=0)  # a fold ensemble: averaged
+        heat = np.mean([grad_cam(member, plane, target) for member in predictor.members], axis=0)  # a fold ensemble: averaged
         share = in_lung_share(heat, mask)
         shares[index] = np.nan if share is None else share
         areas[index] = float(mask.mean())
@@ -105,28 +106,6 @@ def summarise(predictions: pd.DataFrame, shares: np.ndarray, areas: np.ndarray, 
                                 f"{values['lung_area']:.0%}): the model looks mostly outside the lungs, a sign of shortcuts")
     summary["warnings"] = warnings
     return summary
-
-
-def markdown_lines(summary: dict | None) -> list[str]:
-    """The report's section on where the model looks."""
-    if not summary:
-        return []
-
-    def number(value) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
-    lines = ["", "## Where the model looks (Grad-CAM inside the lung fields)", "",
-             f"Share of the positive Grad-CAM evidence for the predicted class that falls inside the lung fields found by `{summary['segmenter']}` "
-             "in the image the model saw; the lung area is what an evenly spread map would score. "
-             f"Below {LOOKS_OUTSIDE:.0%}, the model draws most of its evidence from outside the lungs (borders, labels, devices, the source's look).", ""]
-    lines += [f"**Warning:** {w}." for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
-    lines += ["| group | images | mean in-lung share | mean lung area | images below 50% |", "|---|---|---|---|---|"]
-    overall = summary["overall"]
-    lines.append(f"| all | {overall['images']} | {number(overall['in_lung_share'])} | {number(overall['lung_area'])} | {overall['below_half']} |")
-    for scope, key in (("class", "per_class"), ("source", "per_source")):
-        for name, values in summary[key].items():
-            lines.append(f"| {scope} {name} | {values['images']} | {number(values['in_lung_share'])} | {number(values['lung_area'])} | {values['below_half']} |")
-    return lines
 
 
 def lung_share_on_figure(predictor, plane: np.ndarray, attribution: np.ndarray, picture: np.ndarray, subtitle: str,

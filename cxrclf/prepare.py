@@ -1,4 +1,9 @@
-"""``cxrclf preprocess``: a fused folder -> a preprocessed folder, in parallel, resumable.
+"""``cxrclf preprocess``, the preprocessing stage: a fused folder -> a preprocessed folder, in parallel, resumable.
+
+The stage around the pure transforms of :mod:`cxrclf.preprocess`: it reads and writes the
+files, resumes, runs the workers, refuses images that are no chest radiograph before a lung
+step (:mod:`cxrclf.guard.lungs`) and hands the transforms the segmenter the parameters name
+(:func:`cxrclf.segment.run.segmenter_for`).
 
 Output: ``images/<image_id>.png``, ``manifest.csv`` (the fused rows; ``path`` now points to
 the processed image and ``fused_path`` to the input), ``skipped.csv`` (rows that could not
@@ -10,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Literal
 
 import pandas as pd
 
@@ -21,6 +27,9 @@ from cxrclf.data.manifest import FUSED_COLUMNS, manifest_path, read_manifest, to
 from cxrclf.errors import CxrclfError
 from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams
+from cxrclf.segment.run import segment_run_named, segmenter_for
+
+__all__ = ["ImageOutcome", "ImageTask", "preprocess_folder", "preview", "write_figures"]
 
 PARAMS_NAME = "preprocess.json"
 SKIPPED_NAME = "skipped.csv"
@@ -35,9 +44,21 @@ def _versions() -> dict[str, str]:
     return {"cxrclf": __version__, "numpy": numpy.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-class ImageOutcome(NamedTuple):
-    """What a worker did with one image: ``reused`` an intact output, ``made`` it, ``repaired`` a damaged one, or ``failed`` (reason)."""
-    status: str
+@dataclass(frozen=True)
+class ImageTask:
+    """One image for a worker: ``source`` preprocessed with ``params`` into ``target`` (PNG). An output already
+    there is kept when it decodes to the expected shape and, where an earlier run recorded one, has ``recorded_sha256``."""
+    source: Path
+    target: Path
+    params: PreprocessParams
+    recorded_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What a worker did with one image: ``reused`` an intact output, ``made`` it or ``repaired`` a damaged one
+    (``sha256``: the PNG's), or ``failed`` (``reason``: why, for skipped.csv)."""
+    status: Literal["reused", "made", "repaired", "failed"]
     sha256: str = ""
     reason: str = ""
 
@@ -69,41 +90,35 @@ def _refuse_unless_a_chest(image) -> None:
         raise NoLungsFound("; ".join(reasons))
 
 
-def _process_one(task: tuple[str, str, dict, str | None]) -> ImageOutcome:
+def _process_one(task: ImageTask) -> ImageOutcome:
     """Worker: keep an intact earlier output, else read, preprocess and write atomically."""
     from cxrclf.preprocess.pipeline import preprocess_image
 
-    source, target, values, recorded_sha256 = task
-    existed = Path(target).exists()
+    params = task.params
+    existed = task.target.exists()
     if existed:
-        digest = _intact(Path(target), values["size"], values["channels"], recorded_sha256)
+        digest = _intact(task.target, params.size, params.channels, task.recorded_sha256)
         if digest is not None:
             return ImageOutcome("reused", digest)
     try:
-        image = imageio.read_image(source)
-        params = PreprocessParams(**values)
+        image = imageio.read_image(task.source)
         if params.uses_lungs:  # a lateral, a photograph or a turned film never reaches a lung-cropped training folder
             _refuse_unless_a_chest(image)
-        result = preprocess_image(image, params)
+        result = preprocess_image(image, params, segmenter_for(params))
     except CxrclfError as exc:  # e.g. no lung fields found: the image is listed as skipped, with the reason
-        Path(target).unlink(missing_ok=True)
+        task.target.unlink(missing_ok=True)
         return ImageOutcome("failed", reason=exc.reason)
     except Exception as exc:  # a pathological image must not stop the batch
-        Path(target).unlink(missing_ok=True)
+        task.target.unlink(missing_ok=True)
         return ImageOutcome("failed", reason=f"preprocessing failed ({exc.__class__.__name__}: {exc})")
     data = imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result)
-    io.write_bytes(Path(target), data)
+    io.write_bytes(task.target, data)
     return ImageOutcome("repaired" if existed else "made", hashlib.sha256(data).hexdigest())
 
 
 def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwrite: bool, fused: Path) -> str:
     """``new``, ``resume`` (an unfinished or finished output with the same parameters) or ``replace``."""
-    if params.lung_model:
-        from cxrclf.segment.run import segment_run_named
-
-        inputs = [fused, segment_run_named(params.lung_model).path]
-    else:
-        inputs = [fused]
+    inputs = [fused, segment_run_named(params.lung_model).path] if params.lung_model else [fused]
     if io.check_output_path(out, overwrite, inputs, kinds=("preprocessed",), resumable=True):
         return "replace"
     if not out.is_dir() or not any(p.name != io.MARKER for p in out.iterdir()):
@@ -117,8 +132,13 @@ def _check_existing(out: Path, params: PreprocessParams, fused_sha: str, overwri
         stored = PreprocessParams.from_dict(stored, existing).to_dict()
     except CxrclfError:
         pass
-    if stored != params.to_dict():
-        changed = sorted(k for k, v in params.to_dict().items() if (stored if isinstance(stored, dict) else {}).get(k) != v)
+    wanted = params.to_dict()
+    if stored != wanted:
+        stored = stored if isinstance(stored, dict) else {}
+        def value(values: dict, name: str):  # a missing key means its default: harmonisation's keys are written only when it is on
+            return values.get(name, getattr(PreprocessParams, name, None))
+
+        changed = sorted(name for name in set(wanted) | set(stored) if value(stored, name) != value(wanted, name))
         raise CxrclfError(f"was made with other parameters ({', '.join(changed)} differ); pass --overwrite to redo it or choose another output", out)
     if document.get("fused_manifest_sha256") != fused_sha:
         raise CxrclfError("was made from another fused manifest; pass --overwrite to redo it", out)
@@ -140,10 +160,7 @@ def preprocess_folder(
     replaces an earlier preprocessed folder only when the new one is complete.
     """
     params.validate()
-    if params.uses_lungs:  # a missing or changed segmenter is one error now, not one per image
-        from cxrclf.preprocess.lung import segmenter_for
-
-        segmenter_for(params)
+    segmenter_for(params)  # a missing or changed segmenter is one error now, not one per image
     fused = Path(fused)
     out = Path(out)
     frame = read_manifest(fused)
@@ -168,8 +185,7 @@ def _process(frame: pd.DataFrame, fused: Path, root: Path, fused_sha: str, out: 
         io.write_json(out / PARAMS_NAME, summary)
     targets = [out / IMAGES / f"{image_id}.png" for image_id in frame["image_id"]]
     # every earlier output is verified (decoded, its shape and recorded hash checked), never trusted for existing
-    tasks = [(str(root / path), str(target), params.to_dict(), recorded.get(image_id))
-             for path, target, image_id in zip(frame["path"], targets, frame["image_id"])]
+    tasks = [ImageTask(root / path, target, params, recorded.get(image_id)) for path, target, image_id in zip(frame["path"], targets, frame["image_id"])]
     outcomes = map_images(_process_one, tasks, workers, progress)
     failed = {i: outcome.reason for i, outcome in enumerate(outcomes) if outcome.status == "failed"}
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("made", "reused", "repaired")}
@@ -213,7 +229,7 @@ def preview(image_path: Path, out_file: Path, params: PreprocessParams) -> tuple
 
     params.validate()
     io.check_output_file(out_file, [image_path], suffix=".png")
-    result = preprocess_image(imageio.read_image(image_path), params)
+    result = preprocess_image(imageio.read_image(image_path), params, segmenter_for(params))
     io.write_bytes(out_file, imageio.encode_png(result[..., 0] if result.shape[2] == 1 else result))
     return result.shape[0], result.shape[1]
 
@@ -236,7 +252,7 @@ def write_figures(root: Path, frame: pd.DataFrame, params: PreprocessParams, fol
     for index in order[:count]:
         row = frame.loc[index]
         try:
-            stages = preprocess_stages(imageio.read_image(root / row["path"]), params)
+            stages = preprocess_stages(imageio.read_image(root / row["path"]), params, segmenter_for(params))
         except CxrclfError:
             continue  # listed in skipped.csv
         names = ["input", "text removed"] + (["lungs"] if "lungs" in stages else []) + ["resized", "denoised"]

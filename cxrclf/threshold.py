@@ -1,10 +1,16 @@
-"""Operating points for one class against the rest, chosen on validation data only."""
+"""The decision threshold for one class against the rest, chosen on validation data only (numpy only).
+
+:meth:`cxrclf.runs.OperatingPoint.choose` applies it to every class of a run; ``evaluate`` to the
+COVID-19-vs-rest score of runs made before runs stored their operating point.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+__all__ = ["choose_threshold"]
 
 
 def _rates(positive: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -39,22 +45,3 @@ def choose_threshold(positive: np.ndarray, score: np.ndarray, sensitivity: float
     threshold = float((candidates[chosen] + below) / 2)
     sens, spec = _rates(positive, score, threshold)
     return {"threshold": threshold, "rule": rule, "val_sensitivity": sens, "val_specificity": spec}
-
-
-def choose_operating_point(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str] | tuple[str, ...], rule: str):
-    """Per-class thresholds, each class against the rest, on validation ``labels`` (N,) and ``probabilities`` (N, classes).
-
-    ``rule`` is ``youden`` or ``sensitivity=S`` (:meth:`cxrclf.runs.OperatingPoint.parse_rule`);
-    each class's threshold is :func:`choose_threshold` on its own probability. A class with no
-    validation image, or only validation images, keeps 0.5 and no validation rates.
-    """
-    from cxrclf.runs import OperatingPoint
-
-    rule = OperatingPoint.parse_rule(rule)
-    target = float(rule.partition("=")[2]) if rule.startswith("sensitivity=") else None
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=float)
-    chosen = {name: choose_threshold(labels == index, probabilities[:, index], target) for index, name in enumerate(class_names)}
-    finite = lambda value: None if math.isnan(value) else float(value)  # noqa: E731
-    return OperatingPoint(rule=rule, thresholds={name: c["threshold"] for name, c in chosen.items()}, val_images=int(len(labels)),
-                          val_sensitivity={name: finite(c["val_sensitivity"]) for name, c in chosen.items()},
-                          val_specificity={name: finite(c["val_specificity"]) for name, c in chosen.items()})
