@@ -154,7 +154,7 @@ def measure(data: Path, limit: int | None = None) -> dict:
     import torch
 
     from cxrclf.data.imageio import decode
-    from cxrclf.guard.lungs import INVERTED, ONE_FIELD, TURNS, lung_warnings
+    from cxrclf.guard.lungs import INVERTED, TURNS, lung_warnings
     from cxrclf.segment.infer import builtin_segmenter
 
     torch.set_num_threads(1)
@@ -183,6 +183,20 @@ def measure(data: Path, limit: int | None = None) -> dict:
         if (index + 1) % 50 == 0:
             print(f"    {index + 1} of {len(frontal)} radiographs", file=sys.stderr)
 
+    false_alarms, one_field, must = _summarised(data, rows, transformed)
+    sets = {"real radiographs": real_ms, "passing": passing_ms, "flagged": flagged_ms}
+    timing = {"threads": torch.get_num_threads(), "input_size": segmenter.input_size, "load_average": [round(x, 1) for x in os.getloadavg()],
+              "cpu_ms": {name: spread([cpu for cpu, _ in values]) for name, values in sets.items()},
+              "wall_ms": {name: spread([wall for _, wall in values]) for name, values in sets.items()}}
+    return {"false_alarms": false_alarms, "one_lung_field_on_diseased": one_field, "must_flag": must, "cost": timing}
+
+
+def _summarised(data: Path, rows: list[dict], transformed: dict[str, list[dict]]) -> tuple[dict, dict, dict]:
+    """:func:`measure`'s tables: false alarms per source and finding, "one lung field" on the diseased
+    films, and the must-flag sets (the transformed radiographs, then Cohen's non-frontal images and the others, checked here)."""
+    from cxrclf.data.imageio import decode
+    from cxrclf.guard.lungs import ONE_FIELD
+
     def summary(results: list[dict]) -> dict:
         return {"images": len(results), "flagged": float(np.mean([bool(r["reasons"]) for r in results])) if results else None}
 
@@ -203,28 +217,19 @@ def measure(data: Path, limit: int | None = None) -> dict:
     for name, images in other_images().items():
         results = [{"reasons": checked(pixels)} for _, pixels in images]
         must[name] = summary(results) | {"missed": [n for (n, _), r in zip(images, results) if not r["reasons"]]}
-
-    sets = {"real radiographs": real_ms, "passing": passing_ms, "flagged": flagged_ms}
-    timing = {"threads": torch.get_num_threads(), "input_size": segmenter.input_size, "load_average": [round(x, 1) for x in os.getloadavg()],
-              "cpu_ms": {name: spread([cpu for cpu, _ in values]) for name, values in sets.items()},
-              "wall_ms": {name: spread([wall for _, wall in values]) for name, values in sets.items()}}
-    return {"false_alarms": false_alarms, "one_lung_field_on_diseased": one_field, "must_flag": must, "cost": timing}
+    return false_alarms, one_field, must
 
 
 def cost(data: Path, count: int = 100, repeat: int = 3) -> dict:
     """Milliseconds per image on one thread: ``lung_warnings`` on the first ``count`` real radiographs
     (CPU time, and wall time as the best of ``repeat``: another process's burst is not the check's
-    cost), the steps apart (the input plane, the network as trained and folded, the mask's
-    measures; CPU time), and the load average around it."""
+    cost), the steps apart (:func:`steps`), and the load average around it."""
     import torch
 
     from cxrclf.data.imageio import decode
-    from cxrclf.guard.lungs import _shrunk, describe_pair, lung_warnings
-    from cxrclf.segment.infer import builtin_segmenter
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.guard.lungs import lung_warnings
 
     torch.set_num_threads(1)
-    segmenter = builtin_segmenter()
     images = [decode(item["file"]).pixels for item in frontal_images(data)[:count]]
     before = os.getloadavg()[0]
     lung_warnings(images[0])
@@ -236,22 +241,65 @@ def cost(data: Path, count: int = 100, repeat: int = 3) -> dict:
         flagged += bool(reasons)
         cpu.append(statistics.median(t[0] for t in timings))
         wall.append(min(t[1] for t in timings))
-    steps: dict[str, list[float]] = {"plane": [], "network as trained": [], "network folded": [], "measures": []}
+    return {"images": len(images), "flagged": flagged, "cpu_ms": spread(cpu), "wall_ms": spread(wall), **steps(images),
+            "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
+
+
+def steps(images: list[np.ndarray]) -> dict:
+    """The check's steps apart, CPU milliseconds per image: the input plane, the network as trained,
+    folded (what the checks run) and in onnxruntime (an experiment, where installed), the mask's
+    measures; and how far the folded network's (and onnxruntime's) probabilities are from the network's."""
+    from cxrclf.guard.lungs import _shrunk, describe_pair
+    from cxrclf.segment.infer import builtin_segmenter
+    from cxrclf.segment.model import segmenter_plane
+
+    segmenter = builtin_segmenter()
+    found: dict[str, list[float]] = {}
 
     def timed(step: str, work):
         started = time.process_time()
         out = work()
-        steps[step].append(1000 * (time.process_time() - started))
+        found.setdefault(step, []).append(1000 * (time.process_time() - started))
         return out
 
+    session, difference, pixels_differ, onnx_difference = onnx_session(segmenter), 0.0, 0, 0.0
     for pixels in images:
         plane = timed("plane", lambda: segmenter_plane(_shrunk(pixels, segmenter.input_size), segmenter.input_size))
-        timed("network as trained", lambda: segmenter.plane_probabilities(plane))
+        exact = timed("network as trained", lambda: segmenter.plane_probabilities(plane))
         probabilities = timed("network folded", lambda: segmenter.plane_probabilities(plane, folded=True))
+        difference = max(difference, float(np.abs(exact - probabilities).max()))
+        pixels_differ += int(((exact > segmenter.threshold) != (probabilities > segmenter.threshold)).sum())
+        if session is not None:
+            x = ((plane - segmenter.config.model.mean) / segmenter.config.model.std).astype(np.float32)[None, None]
+            logits = timed("network in onnxruntime (experiment)", lambda: session.run(None, {"x": x}))[0][0, 0]
+            onnx_difference = max(onnx_difference, float(np.abs(1 / (1 + np.exp(-logits)) - exact).max()))
         timed("measures", lambda: describe_pair(probabilities, plane, segmenter.threshold))
-    return {"images": len(images), "flagged": flagged, "cpu_ms": spread(cpu), "wall_ms": spread(wall),
-            "steps_cpu_ms": {step: spread(values) for step, values in steps.items()},
-            "load_average": [round(before, 1), round(os.getloadavg()[0], 1)]}
+    return {"steps_cpu_ms": {step: spread(values) for step, values in found.items()},
+            "folded_against_trained": {"max_probability_difference": difference, "mask_pixels_differing": pixels_differ},
+            "onnxruntime_against_trained": {"max_probability_difference": onnx_difference if session is not None else None}}
+
+
+def onnx_session(segmenter):
+    """An onnxruntime session (one thread) of the segmenter's network exported in memory (PyTorch's TorchScript exporter,
+    as ``cxrclf export`` uses it), or None without onnx and onnxruntime: what the network would cost there."""
+    import importlib.util
+    import io
+    import warnings
+
+    import torch
+
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:  # the exporter needs onnx
+        return None
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(segmenter.model, (torch.zeros(1, 1, segmenter.input_size, segmenter.input_size),), buffer, dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["logits"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 def at_size(data: Path, size: int, step: int = 4) -> dict:

@@ -114,9 +114,14 @@ def prepared_folder(commands: Commands, fused: Path, arm: Arm, work: Path, size:
     return prepared, seconds
 
 
+def arm_label(arm: Arm, unlearn_weight: float) -> str:
+    """The arm's name, with the adversary's weight where it unlearns (runs of two weights are two arms)."""
+    return f"{arm.slug}@{unlearn_weight:g}" if "unlearn" in arm.levers else arm.slug
+
+
 def trained_run(commands: Commands, prepared: Path, arm: Arm, seed: int, args) -> tuple[Path, float]:
     """The arm's run for ``seed`` (reused when finished with the same epochs) and its training's CPU seconds."""
-    run = args.work / "runs" / f"{arm.slug}-{args.size}px-seed{seed}"
+    run = args.work / "runs" / f"{arm_label(arm, args.unlearn_weight)}-{args.size}px-seed{seed}"
     record = run.with_name(run.name + ".cpu.json")
     config = run / "config.json"
     if config.is_file() and record.is_file():
@@ -230,7 +235,7 @@ def main() -> None:
         for seed in args.seeds:
             print(f"{arm.name} seed {seed}", file=sys.stderr)
             run, train_seconds = trained_run(commands, prepared, arm, seed, args)
-            rows.append({"arm": arm.name, "seed": seed, **measure(commands, run, shenzhen, args.work),
+            rows.append({"arm": arm_label(arm, args.unlearn_weight), "seed": seed, **measure(commands, run, shenzhen, args.work),
                          "preprocess CPU min": preprocess_seconds / 60, "train CPU min": train_seconds / 60})
     summary = goals(rows)
     if args.json:

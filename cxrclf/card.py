@@ -28,7 +28,7 @@ from pathlib import Path
 from cxrclf import __version__, io
 from cxrclf.choices import Denoise, Fit, Lung
 from cxrclf.errors import CxrclfError
-from cxrclf.evaluate.report import HEADLINE, _number, _with_interval
+from cxrclf.evaluate.report import HEADLINE, _number, _with_interval, guard_source_rows, per_source_rows
 from cxrclf.evaluate.result import Bootstrap, Evaluation
 from cxrclf.labels import COVID19, SCHEMES
 from cxrclf.runs import RunConfig, RunFolder, SourceUnlearning
@@ -146,11 +146,9 @@ class _TrainingData:
             classes = rows["finding"].map(scheme.finding_to_class)
             sources = sorted(rows["source"].unique())
             table = Counter(zip(classes, rows["source"]))
-            out += [f"**{name}**: {len(rows)} images of {rows['patient_id'].nunique()} patients", "",
-                    "| class | " + " | ".join(sources) + " | all |", "|---|" + "---:|" * (len(sources) + 1)]
-            for c in self.config.class_names:
-                out.append(f"| {c} | " + " | ".join(str(table.get((c, s), 0)) for s in sources) + f" | {int((classes == c).sum())} |")
-            out += [""]
+            counts = [(c, *(table.get((c, s), 0) for s in sources), int((classes == c).sum())) for c in self.config.class_names]
+            out += [f"**{name}**: {len(rows)} images of {rows['patient_id'].nunique()} patients", ""]
+            out += io.markdown_table(("class", *sources, "all"), counts, align="l" + "r" * (len(sources) + 1)) + [""]
         train = self.rows()[0][1]
         if "view" in train.columns and train["view"].notna().any():
             out += ["Views of the training images: " + ", ".join(f"{v} {n}" for v, n in train["view"].fillna("not recorded").value_counts().sort_index().items()) + "."]
@@ -172,7 +170,7 @@ class _TrainingData:
         out = [f"Fused from the sources' own files: {report.get('images')} images of {report.get('patients')} patients kept "
                f"(views {', '.join(report.get('options', {}).get('views') or [])}).", ""]
         if excluded.get("by_reason"):
-            out += ["| excluded because | rows |", "|---|---:|"] + [f"| {reason} | {n} |" for reason, n in excluded["by_reason"].items()] + [""]
+            out += io.markdown_table(("excluded because", "rows"), excluded["by_reason"].items(), align="lr") + [""]
         out += [f"Exact duplicates collapsed: {sum(len(d.get('dropped', [])) for d in duplicates)} images (identical pixels); "
                 f"groups of near-identical images linked across patients (and kept in one split): {len(report.get('near_duplicates_across_patients', []))}.", ""]
         for finding, source in (report.get("single_source_findings") or {}).items():
@@ -183,18 +181,19 @@ class _TrainingData:
 def _model_lines(folder: RunFolder, members: list[RunFolder], config: RunConfig) -> list[str]:
     model, training, outcome, best = config.model, config.training, config.outcome, config.outcome.best
     source = model.pretrained_source or ("none: trained from scratch" if not training.pretrained else "not recorded")
-    out = ["## Model and recipe", "",
-           "| | |", "|---|---|",
-           f"| architecture | {model.label} with cxrclf's head ({model.classes} classes, dropout {model.dropout:g}) |",
-           f"| input | {model.input_size} x {model.input_size} px, {model.in_chans} channel(s), mean {list(model.mean)}, std {list(model.std)} |",
-           f"| initial weights | {source} |",
-           f"| recipe | {training.recipe}: {training.strategy} for class imbalance, augmentation {training.augment}, trainable blocks {model.trainable_blocks} |",
-           f"| optimisation | up to {training.epochs} epochs, batch {training.batch_size}, learning rate {training.lr:g}, patience {training.patience}, "
-           f"best epoch by validation {training.select_by}, seed {training.seed} |",
-           *_unlearning_rows(training.unlearn_source),
-           f"| outcome | best epoch {outcome.best_epoch} of {outcome.epochs_run}" + (" (stopped early)" if outcome.stopped_early else "")
-           + (f"; validation loss {_number(best.val_loss)}, accuracy {_number(best.val_accuracy)}, AUC {_number(best.val_auc)}" if best else "") + " |",
-           "| software | " + ", ".join(f"{k} {v}" for k, v in config.execution.versions.items()) + " |", ""]
+    recipe = [
+        ("architecture", f"{model.label} with cxrclf's head ({model.classes} classes, dropout {model.dropout:g})"),
+        ("input", f"{model.input_size} x {model.input_size} px, {model.in_chans} channel(s), mean {list(model.mean)}, std {list(model.std)}"),
+        ("initial weights", source),
+        ("recipe", f"{training.recipe}: {training.strategy} for class imbalance, augmentation {training.augment}, trainable blocks {model.trainable_blocks}"),
+        ("optimisation", f"up to {training.epochs} epochs, batch {training.batch_size}, learning rate {training.lr:g}, patience {training.patience}, "
+                         f"best epoch by validation {training.select_by}, seed {training.seed}"),
+        *_unlearning_rows(training.unlearn_source),
+        ("outcome", f"best epoch {outcome.best_epoch} of {outcome.epochs_run}" + (" (stopped early)" if outcome.stopped_early else "")
+         + (f"; validation loss {_number(best.val_loss)}, accuracy {_number(best.val_accuracy)}, AUC {_number(best.val_auc)}" if best else "")),
+        ("software", ", ".join(f"{k} {v}" for k, v in config.execution.versions.items())),
+    ]
+    out = ["## Model and recipe", ""] + io.markdown_table(("", ""), recipe) + [""]
     out += ["Identity (sha256):", ""]
     for member in members:
         out.append(f"- `{member.path.name}`: config.json {io.sha256_file(member.file(RunFolder.CONFIG))}, model.safetensors "
@@ -202,20 +201,22 @@ def _model_lines(folder: RunFolder, members: list[RunFolder], config: RunConfig)
     point = config.operating_point
     if point is not None and folder.is_run:
         out += ["", f"Operating point stored in the run ({point.rule}, chosen on {point.val_images} validation images): a class is called positive "
-                "when its probability reaches its threshold.", "", "| class | threshold | validation sensitivity | validation specificity |", "|---|---:|---:|---:|"]
-        out += [f"| {c} | {t:.4f} | {_number(point.val_sensitivity.get(c))} | {_number(point.val_specificity.get(c))} |" for c, t in point.thresholds.items()]
+                "when its probability reaches its threshold.", ""]
+        out += io.markdown_table(("class", "threshold", "validation sensitivity", "validation specificity"),
+                                 [(c, f"{t:.4f}", _number(point.val_sensitivity.get(c)), _number(point.val_specificity.get(c))) for c, t in point.thresholds.items()],
+                                 align="lrrr")
     elif not folder.is_run:
         out += ["", "No operating point: each fold's thresholds fit its own probabilities, not their average."]
     return out + ["", f"Source: `{members[0].file(RunFolder.CONFIG)}`" + (" (and each fold's)" if len(members) > 1 else "") + ".", ""]
 
 
-def _unlearning_rows(unlearning: SourceUnlearning | None) -> list[str]:
+def _unlearning_rows(unlearning: SourceUnlearning | None) -> list[tuple[str, str]]:
     """The recipe table's row for a run trained to unlearn the source (none for the others)."""
     if unlearning is None:
         return []
     heads = "; ".join(f"{name} ({', '.join(sources)})" for name, sources in unlearning.classes.items())
-    return [f"| source unlearning | a source adversary per class behind gradient reversal, weight {unlearning.weight:g} ({unlearning.ramp} ramp): {heads}"
-            + (f"; not conditioned (one source each): {', '.join(unlearning.skipped)}" if unlearning.skipped else "") + " |"]
+    return [("source unlearning", f"a source adversary per class behind gradient reversal, weight {unlearning.weight:g} ({unlearning.ramp} ramp): {heads}"
+             + (f"; not conditioned (one source each): {', '.join(unlearning.skipped)}" if unlearning.skipped else ""))]
 
 
 def _preprocessing_lines(config: RunConfig, member: RunFolder) -> list[str]:
@@ -243,17 +244,14 @@ def _performance_lines(metrics: list[tuple[Path, Evaluation]]) -> list[str]:
         bootstrap = measured.bootstrap
         out += [f"### {'External data' if m.external else 'Its own data'}: `{m.data}`, split {m.split}", "",
                 f"{measured.n_images} images of {measured.n_patients} patients" + (f"; 95% intervals from {bootstrap.resamples} bootstrap resamples over patients" if bootstrap else "; no intervals (evaluated with --bootstrap 0)")
-                + (f"; {len(m.skipped_images)} image(s) could not be used" if m.skipped_images else "") + ".", "",
-                "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
+                + (f"; {len(m.skipped_images)} image(s) could not be used" if m.skipped_images else "") + ".", ""]
+        headline = []
         for key, label in HEADLINE:
             name = "accuracy" if key == "accuracy" else f"macro_{key}"
-            covid = measured.focus.at_argmax.get(key)
-            out.append(f"| {label} | {_with_interval(measured.point.get(name), measured.interval(name))} | "
-                       f"{'' if key == 'accuracy' else _with_interval(covid, measured.interval(f'{COVID19}_{key}'))} |")
-        out += ["", "| source | images | accuracy | classes present | recall per class |", "|---|---:|---:|---|---|"]
-        for source, s in measured.per_source.items():
-            out.append(f"| {source} | {s['n']} | {_number(s['accuracy'])} | {', '.join(f'{k} {v}' for k, v in s['classes'].items())} | "
-                       f"{', '.join(f'{k} {_number(v)}' for k, v in s['recall'].items())} |")
+            covid = "" if key == "accuracy" else _with_interval(measured.focus.at_argmax.get(key), measured.interval(f"{COVID19}_{key}"))
+            headline.append((label, _with_interval(measured.point.get(name), measured.interval(name)), covid))
+        out += io.markdown_table(("metric", "macro average", "COVID-19 vs rest"), headline) + [""]
+        out += io.markdown_table(("source", "images", "accuracy", "classes present", "recall per class"), per_source_rows(measured.per_source), align="lrrll")
         out += ["", f"Calibration: expected calibration error {_number(measured.calibration.ece)}, Brier score {_number(measured.calibration.brier)}.", "",
                 f"Source: `{path / 'metrics.json'}`.", ""]
     return out
@@ -307,8 +305,7 @@ def _guard_lines(config: RunConfig, member: RunFolder, metrics: list[tuple[Path,
         if not g:
             continue
         out += [f"On `{m.data}` ({m.split}): {g['flagged']} of {g['images']} images flagged.", "",
-                "| source | images | flagged | flag rate | by input checks |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {s} | {v['images']} | {v['flagged']} | {_number(v['flag_rate'])} | {v['by_input_checks']} |" for s, v in g["per_source"].items()]
+                *io.markdown_table(("source", "images", "flagged", "flag rate", "by input checks"), guard_source_rows(g["per_source"]), align="lrrrr")]
         out += ["", f"Source: `guard` in `{path / 'metrics.json'}`.", ""]
     return out
 

@@ -1,4 +1,4 @@
-"""File helpers shared by every stage: atomic writes, JSON and CSV, hashes, and safe output folders.
+"""File helpers shared by every stage: atomic writes, JSON, CSV and markdown tables, hashes, and safe output folders.
 
 Every output cxrclf writes goes through here, so the rules hold everywhere:
 
@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 from cxrclf.errors import CxrclfError
 
 __all__ = [
-    "MARKER", "atomic_file", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
+    "MARKER", "atomic_file", "check_output_file", "check_output_path", "csv_text", "folder_lock", "json_text", "jsonable", "mark", "markdown_table", "output_kind", "read_csv_rows", "read_json", "refuse_overlap", "remove_stale_partials",
     "rebuilt_in_place", "sha256_file", "staged_folder", "swap_into_place", "writing_place", "write_bytes", "write_json", "write_text",
 ]
 
@@ -163,6 +163,17 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], align: str | None = None) -> list[str]:
+    """The lines of a markdown table: ``header``, its rule, one line per row (cells written with ``str``).
+
+    ``align`` holds one letter per column, ``l`` or ``r`` (``---:``); left throughout when left out.
+    An unnamed header cell (the row labels' column) is written ``| |``; every other cell ``| text |``.
+    """
+    rule = "|" + "".join("---:|" if side == "r" else "---|" for side in (align or "l" * len(header)))
+    named = "|" + "".join(f" {name} |" if name else " |" for name in header)
+    return [named, rule] + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
 def read_tensors(path: Path, what: str, missing: str) -> tuple[dict[str, str], dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from cxrclf.evaluate.result import Evaluation
+from cxrclf.io import markdown_table
 from cxrclf.labels import COVID19
 from cxrclf.models.names import model_label
 
@@ -53,13 +54,13 @@ def _title_lines(result: Evaluation) -> list[str]:
 def _headline_lines(result: Evaluation) -> list[str]:
     """Macro averages and COVID-19 against the rest with their intervals, and COVID-19's sensitivity and specificity in words."""
     measured, at_argmax = result.metrics, result.metrics.focus.at_argmax
-    lines = ["", "## Headline (all images, all sources pooled)", "", "| metric | macro average | COVID-19 vs rest |", "|---|---|---|"]
+    rows = []
     for key, label in HEADLINE:
         name = "accuracy" if key == "accuracy" else f"macro_{key}"
         covid_ci = measured.interval(f"{COVID19}_{key}") if key != "accuracy" else None
-        lines.append(f"| {label} | {_with_interval(measured.point[name], measured.interval(name))} | {_with_interval(at_argmax[key], covid_ci)} |")
+        rows.append((label, _with_interval(measured.point[name], measured.interval(name)), _with_interval(at_argmax[key], covid_ci)))
     exact = result.metrics.focus.clopper_pearson
-    return lines + [
+    return ["", "## Headline (all images, all sources pooled)", ""] + markdown_table(("metric", "macro average", "COVID-19 vs rest"), rows) + [
         "",
         f"COVID-19 sensitivity {_number(at_argmax['recall'])} (exact 95% interval {_number(exact['recall'][0])} to {_number(exact['recall'][1])}, "
         f"{at_argmax['tp']} of {at_argmax['tp'] + at_argmax['fn']} COVID-19 images); specificity {_number(at_argmax['specificity'])} "
@@ -76,32 +77,33 @@ def _operating_point_lines(result: Evaluation) -> list[str]:
     lines = ["", "## Operating point (chosen on validation, never on these data)", "",
              f"Threshold {op['threshold']:.4f} on P(COVID-19) by {op['rule']} ({op['chosen_on']}; {op.get('source', 'recomputed on validation')}): "
              f"validation sensitivity {_number(op['val_sensitivity'])}, specificity {_number(op['val_specificity'])}."]
-    header = "| at this threshold | value |" if again is None else f"| at this threshold | stored ({op['threshold']:.4f}) | recomputed ({again['threshold']:.4f}, {again['rule']}) |"
-    lines += ["", header, "|---|---|" if again is None else "|---|---|---|"]
-    return lines + [f"| {label} | {_number(op[key])} |" + ("" if again is None else f" {_number(again[key])} |") for key, label in HEADLINE]
+    if again is None:
+        return lines + [""] + markdown_table(("at this threshold", "value"), [(label, _number(op[key])) for key, label in HEADLINE])
+    header = ("at this threshold", f"stored ({op['threshold']:.4f})", f"recomputed ({again['threshold']:.4f}, {again['rule']})")
+    return lines + [""] + markdown_table(header, [(label, _number(op[key]), _number(again[key])) for key, label in HEADLINE])
 
 
 def _per_class_lines(result: Evaluation) -> list[str]:
-    lines = ["", "## Per class (one vs rest)", "", "| class | support | precision | recall | specificity | F1 | AUC |", "|---|---|---|---|---|---|---|"]
-    for name, m in zip(result.metrics.classes, result.metrics.overall["per_class"]):
-        lines.append(f"| {name} | {m['support']} | {_number(m['precision'])} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['f1'])} | {_number(m['auc'])} |")
-    return lines
+    rows = [(name, m["support"], *(_number(m[key]) for key in ("precision", "recall", "specificity", "f1", "auc")))
+            for name, m in zip(result.metrics.classes, result.metrics.overall["per_class"])]
+    return ["", "## Per class (one vs rest)", ""] + markdown_table(("class", "support", "precision", "recall", "specificity", "F1", "AUC"), rows)
 
 
 def _confusion_lines(result: Evaluation) -> list[str]:
     classes = result.metrics.classes
-    lines = ["", "## Confusion matrix (rows true, columns predicted)", "", "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
-    for name, row in zip(classes, result.metrics.overall["confusion_matrix"]):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    return lines
+    rows = [(name, *row) for name, row in zip(classes, result.metrics.overall["confusion_matrix"])]
+    return ["", "## Confusion matrix (rows true, columns predicted)", ""] + markdown_table(("", *classes), rows)
 
 
 def _per_source_lines(result: Evaluation) -> list[str]:
-    lines = ["", "## Per source", "", "When one source carries a class, a high score may measure the source, not the disease.", "",
-             "| source | images | accuracy | classes present | recall per class |", "|---|---|---|---|---|"]
-    for source, s in result.metrics.per_source.items():
-        lines.append(f"| {source} | {s['n']} | {_number(s['accuracy'])} | {', '.join(f'{k} {v}' for k, v in s['classes'].items())} | {', '.join(f'{k} {_number(v)}' for k, v in s['recall'].items())} |")
-    return lines
+    return ["", "## Per source", "", "When one source carries a class, a high score may measure the source, not the disease.", ""] + markdown_table(
+        ("source", "images", "accuracy", "classes present", "recall per class"), per_source_rows(result.metrics.per_source))
+
+
+def per_source_rows(per_source: dict[str, dict]) -> list[tuple]:
+    """The per-source table's rows (report.md and the model card): images, accuracy, the classes present and each one's recall."""
+    return [(source, s["n"], _number(s["accuracy"]), ", ".join(f"{k} {v}" for k, v in s["classes"].items()),
+             ", ".join(f"{k} {_number(v)}" for k, v in s["recall"].items())) for source, s in per_source.items()]
 
 
 def _calibration_lines(result: Evaluation) -> list[str]:
@@ -137,11 +139,9 @@ def scenario_rows(results: list[Evaluation]) -> list[dict]:
 
 
 def scenario_markdown(rows: list[dict]) -> str:
-    lines = ["| model | scenario | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|" + "---|" * len(TABLE_COLUMNS)]
-    for row in rows:
-        cells = [_with_interval(row[k], (row[f"{k}_low"], row[f"{k}_high"])) for k in TABLE_COLUMNS]
-        model = f"**{row['model']}**" if row["best"] else row["model"]
-        lines.append(f"| {model} | {row['scenario']} | " + " | ".join(cells) + " |")
+    cells = [(f"**{row['model']}**" if row["best"] else row["model"], row["scenario"],
+              *(_with_interval(row[k], (row[f"{k}_low"], row[f"{k}_high"])) for k in TABLE_COLUMNS)) for row in rows]
+    lines = markdown_table(("model", "scenario", *TABLE_COLUMNS), cells)
     lines += ["", "Binary scenarios (CB, RB) report the COVID-19 class; multi-class scenarios report macro averages. "
               "95% bootstrap intervals over patients in brackets; bold marks the best AUC per scenario."]
     return "\n".join(lines) + "\n"
@@ -180,13 +180,10 @@ def _lung_lines(result: Evaluation) -> list[str]:
              "in the image the model saw; the lung area is what an evenly spread map would score. "
              "Below 50%, the model draws most of its evidence from outside the lungs (borders, labels, devices, the source's look).", ""]
     lines += [f"**Warning:** {w}." for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
-    lines += ["| group | images | mean in-lung share | mean lung area | images below 50% |", "|---|---|---|---|---|"]
-    overall = summary["overall"]
-    lines.append(f"| all | {overall['images']} | {_number(overall['in_lung_share'])} | {_number(overall['lung_area'])} | {overall['below_half']} |")
-    for scope, key in (("class", "per_class"), ("source", "per_source")):
-        for name, values in summary[key].items():
-            lines.append(f"| {scope} {name} | {values['images']} | {_number(values['in_lung_share'])} | {_number(values['lung_area'])} | {values['below_half']} |")
-    return lines
+    groups = [("all", summary["overall"])] + [(f"{scope} {name}", values) for scope, key in (("class", "per_class"), ("source", "per_source"))
+                                              for name, values in summary[key].items()]
+    rows = [(group, v["images"], _number(v["in_lung_share"]), _number(v["lung_area"]), v["below_half"]) for group, v in groups]
+    return lines + markdown_table(("group", "images", "mean in-lung share", "mean lung area", "images below 50%"), rows)
 
 
 def _view_lines(result: Evaluation) -> list[str]:
@@ -197,12 +194,10 @@ def _view_lines(result: Evaluation) -> list[str]:
     trained = result.trained_views
     lines = ["", "## Per view", "", (f"This run was trained on {', '.join(trained)} films. " if trained else "")
              + "A model that learned from PA films may read the portable machine, not the lungs, in an AP film: "
-             "compare how often each view is called COVID-19, and how often the guard flags it.", "",
-             "| view | images | accuracy | called COVID-19 | recall per class | flagged | flag rate |", "|---|---|---|---|---|---|---|"]
-    for view, v in views.items():
-        recall = ", ".join(f"{k} {_number(x)}" for k, x in v["recall"].items())
-        lines.append(f"| {view} | {v['n']} | {_number(v['accuracy'])} | {_number(v['predicted_share'].get(COVID19))} | {recall} | {v['flagged']} | {_number(v['flag_rate'])} |")
-    return lines
+             "compare how often each view is called COVID-19, and how often the guard flags it.", ""]
+    rows = [(view, v["n"], _number(v["accuracy"]), _number(v["predicted_share"].get(COVID19)), ", ".join(f"{k} {_number(x)}" for k, x in v["recall"].items()),
+             v["flagged"], _number(v["flag_rate"])) for view, v in views.items()]
+    return lines + markdown_table(("view", "images", "accuracy", "called COVID-19", "recall per class", "flagged", "flag rate"), rows)
 
 
 def _guard_lines(result: Evaluation) -> list[str]:
@@ -217,16 +212,21 @@ def _guard_lines(result: Evaluation) -> list[str]:
         settings = guard["settings"] or {}
         lines.append(f"Learned score: {settings.get('kind', '?')} detector on the pooled backbone features, threshold "
                      f"{_number(settings.get('threshold'))} (the {settings.get('quantile', 0.95):.0%} quantile of the run's validation scores).")
-    lines += ["", f"{guard['flagged']} of {guard['images']} images flagged (coverage {_number(guard['coverage'])}).", "",
-              "| source | images | flagged | flag rate | by input checks |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {v['images']} | {v['flagged']} | {_number(v['flag_rate'])} | {v['by_input_checks']} |" for s, v in guard["per_source"].items()]
+    lines += ["", f"{guard['flagged']} of {guard['images']} images flagged (coverage {_number(guard['coverage'])}).", ""]
+    lines += markdown_table(("source", "images", "flagged", "flag rate", "by input checks"), guard_source_rows(guard["per_source"]))
     passing = guard.get("passing")
     if passing:
         every, kept = result.metrics.point, passing["point"]
-        lines += ["", "| metric | all images | images passing the guard |", "|---|---|---|", f"| images | {result.metrics.n_images} | {passing['n_images']} |"]
-        for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("covid19_recall", "COVID-19 sensitivity"), ("covid19_specificity", "COVID-19 specificity")):
-            lines.append(f"| {label} | {_number(every.get(key))} | {_number(kept.get(key))} |")
+        rows = [("images", result.metrics.n_images, passing["n_images"])] + [
+            (label, _number(every.get(key)), _number(kept.get(key)))
+            for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC"), ("covid19_recall", "COVID-19 sensitivity"), ("covid19_specificity", "COVID-19 specificity"))]
+        lines += [""] + markdown_table(("metric", "all images", "images passing the guard"), rows)
     return lines
+
+
+def guard_source_rows(per_source: dict[str, dict]) -> list[tuple]:
+    """The guard's table rows per source (report.md and the model card): images, flagged, flag rate, flagged by the input checks."""
+    return [(source, v["images"], v["flagged"], _number(v["flag_rate"]), v["by_input_checks"]) for source, v in per_source.items()]
 
 
 def _fold_lines(result: Evaluation) -> list[str]:
@@ -235,13 +235,12 @@ def _fold_lines(result: Evaluation) -> list[str]:
     if not folds:
         return []
     lines = ["", f"## Fold ensemble ({folds['n']} folds, probabilities averaged)", "",
-             "No operating point: every validation image of one fold was a training image of the others.", "",
-             "| metric | ensemble | mean of the folds | spread (sd) |", "|---|---|---|---|"]
+             "No operating point: every validation image of one fold was a training image of the others.", ""]
     point = result.metrics.point
     ensemble = {"accuracy": point["accuracy"], "macro_auc": point["macro_auc"], "covid19_auc": point["covid19_auc"], "ece": result.metrics.calibration.ece}
-    for key, label in (("macro_auc", "macro AUC"), ("covid19_auc", "COVID-19 vs rest AUC"), ("accuracy", "accuracy"), ("ece", "ECE (lower is better)")):
-        lines.append(f"| {label} | {_number(ensemble[key])} | {_number(folds['mean'][key])} | {_number(folds['std'][key])} |")
-    return lines
+    rows = [(label, _number(ensemble[key]), _number(folds["mean"][key]), _number(folds["std"][key]))
+            for key, label in (("macro_auc", "macro AUC"), ("covid19_auc", "COVID-19 vs rest AUC"), ("accuracy", "accuracy"), ("ece", "ECE (lower is better)"))]
+    return lines + markdown_table(("metric", "ensemble", "mean of the folds", "spread (sd)"), rows)
 
 
 def _stored_point_lines(result: Evaluation) -> list[str]:
@@ -252,11 +251,10 @@ def _stored_point_lines(result: Evaluation) -> list[str]:
     if not point["stored"]:
         return ["", f"Per-class thresholds: none ({point['reason']})."]
     lines = ["", f"## Per-class thresholds stored in the run ({point['rule']}, chosen on {point['val_images']} validation images)", "",
-             "A class is called *positive* when its probability reaches its threshold (predict's `positive`); none, one or several may be.", "",
-             "| class | threshold | sensitivity | specificity | precision | positive calls |", "|---|---|---|---|---|---|"]
-    for name, m in point["per_class"].items():
-        lines.append(f"| {name} | {m['threshold']:.4f} | {_number(m['recall'])} | {_number(m['specificity'])} | {_number(m['precision'])} | {m['tp'] + m['fp']} |")
-    return lines
+             "A class is called *positive* when its probability reaches its threshold (predict's `positive`); none, one or several may be.", ""]
+    rows = [(name, f"{m['threshold']:.4f}", _number(m["recall"]), _number(m["specificity"]), _number(m["precision"]), m["tp"] + m["fp"])
+            for name, m in point["per_class"].items()]
+    return lines + markdown_table(("class", "threshold", "sensitivity", "specificity", "precision", "positive calls"), rows)
 
 
 def _shift_lines(result: Evaluation) -> list[str]:
@@ -272,11 +270,12 @@ def _shift_lines(result: Evaluation) -> list[str]:
               f"{shift['reference']['images']} validation images the run keeps as its reference ({held}); its leave-one-out AUC is the effect "
               "(about 0.5: indistinguishable), and a permutation test gives the p-value. Shifted: p < 0.01. A source of its own that the "
               "reference does not hold, or holds in another mix, differs for real: the model's validation metrics may not hold for it. "
-              f"Sources with fewer than {shift['min_images']} images are not tested.", "",
-              "| images | count | domain classifier AUC | p-value | shifted |", "|---|---|---|---|---|"]
-    for name, found in [("all", shift["all"]), *shift["per_source"].items()]:
-        if found["tested"]:
-            lines.append(f"| {name} | {found['images']} | {_number(found['effect'])} | {found['p_value']:.4f} | {'**yes**' if found['shifted'] else 'no'} |")
-        else:
-            lines.append(f"| {name} | {found['images']} | n/a | n/a | not tested ({found['reason']}) |")
-    return lines
+              f"Sources with fewer than {shift['min_images']} images are not tested.", ""]
+    rows = [_shift_row(name, found) for name, found in [("all", shift["all"]), *shift["per_source"].items()]]
+    return lines + markdown_table(("images", "count", "domain classifier AUC", "p-value", "shifted"), rows)
+
+
+def _shift_row(name: str, found: dict) -> tuple:
+    if not found["tested"]:
+        return name, found["images"], "n/a", "n/a", f"not tested ({found['reason']})"
+    return name, found["images"], _number(found["effect"]), f"{found['p_value']:.4f}", "**yes**" if found["shifted"] else "no"

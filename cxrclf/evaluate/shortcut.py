@@ -24,6 +24,7 @@ import pandas as pd
 
 from cxrclf.errors import CxrclfError
 from cxrclf.evaluate.intervals import bootstrap
+from cxrclf.io import markdown_table
 from cxrclf.metrics import auc_score
 
 __all__ = [
@@ -277,31 +278,28 @@ def _out_of_fold_sources(x: np.ndarray, y: np.ndarray, folds: int, seed: int) ->
     return cross_val_predict(probe, x, y, cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
 
 
+def _missing(value) -> bool:
+    """NaN where it was measured, None where metrics.json was read back (JSON has no NaN)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _number(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}"
+    return "n/a" if _missing(value) else f"{value:.3f}"
 
 
-def _with_interval(auc: float, low: float, high: float) -> str:
-    if math.isnan(auc):
+def _with_interval(auc: float | None, low: float | None, high: float | None) -> str:
+    if _missing(auc):
         return "n/a"
-    if math.isnan(low) or math.isnan(high):
+    if _missing(low) or _missing(high):
         return _number(auc)
     return f"{auc:.3f} ({low:.3f}-{high:.3f})"
 
 
 def markdown_within_source(rows: list[dict]) -> str:
     """Markdown table of :func:`within_source_aucs`; a sentence lists the pairs not computed."""
-    lines = [
-        "| Source | Class | Images | Positive | Negative | Patients | AUC (95% CI) | Source-only AUC |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for r in rows:
-        if r.get("skipped"):
-            continue  # named in the sentence below, not as a row of n/a
-        lines.append(f"| {r['source']} | {r['class']} | {r['n_images']} | {r['n_positive']} | {r['n_negative']} | {r['n_patients']} "
-                     f"| {_with_interval(r['auc'], r['ci_low'], r['ci_high'])} | {_number(r['source_only_auc'])} |")
+    computed = [(r["source"], r["class"], r["n_images"], r["n_positive"], r["n_negative"], r["n_patients"], _with_interval(r["auc"], r["ci_low"], r["ci_high"]),
+                 _number(r["source_only_auc"])) for r in rows if not r.get("skipped")]  # the skipped are named in the sentence below, not as rows of n/a
+    lines = markdown_table(("Source", "Class", "Images", "Positive", "Negative", "Patients", "AUC (95% CI)", "Source-only AUC"), computed, align="llrrrrlr")
     skipped = [f"{r['class']} in {r['source']} ({r['skipped']})" for r in rows if r.get("skipped")]
     if skipped:
         lines += ["", f"Not computable inside a single source: {'; '.join(skipped)}."]
@@ -310,15 +308,11 @@ def markdown_within_source(rows: list[dict]) -> str:
 
 def markdown_pooled(rows: list[dict]) -> str:
     """Markdown table of :func:`pooled_aucs_with_baseline`; a sentence names the classes that do not beat the baseline."""
-    lines = [
-        "| Class | Images | Positive | AUC (95% CI) | Source-only AUC | Beats source-only |",
-        "|---|---:|---:|---|---:|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['class']} | {r['n_images']} | {r['n_positive']} | {_with_interval(r['auc'], r['ci_low'], r['ci_high'])} "
-                     f"| {_number(r['source_only_auc'])} | {'yes' if r['beats_source_only'] else 'no'} |")
+    lines = markdown_table(("Class", "Images", "Positive", "AUC (95% CI)", "Source-only AUC", "Beats source-only"),
+                           [(r["class"], r["n_images"], r["n_positive"], _with_interval(r["auc"], r["ci_low"], r["ci_high"]), _number(r["source_only_auc"]),
+                             "yes" if r["beats_source_only"] else "no") for r in rows], align="lrrlrl")
     lines += ["", "A class beats the source-only score only when the lower bound of its AUC interval exceeds the source-only AUC."]
-    failing = [r for r in rows if not r["beats_source_only"] and not math.isnan(r["auc"])]
+    failing = [r for r in rows if not r["beats_source_only"] and not _missing(r["auc"])]
     for r in failing:
         lines.append(f"For {r['class']}, the model {r['verdict']}: AUC {_with_interval(r['auc'], r['ci_low'], r['ci_high'])} "
                      f"against {_number(r['source_only_auc'])} from the source alone.")
@@ -336,8 +330,7 @@ def markdown_probe(result: dict) -> str:
     if result["balanced_accuracy"] is None:
         return f"Source probe not applicable: {result['reason']}.{note}\n"
     recall = result.get("recall") or {}
-    lines = ["| Source | Images | Recall |", "|---|---:|---:|"]
-    lines += [f"| {s} | {n} | {_number(recall.get(s))} |" for s, n in result["sources"].items()]
+    lines = markdown_table(("Source", "Images", "Recall"), [(s, n, _number(recall.get(s))) for s, n in result["sources"].items()], align="lrr")
     accuracy, chance = result["balanced_accuracy"], result["chance"]
     lines += ["", f"Predicting the source from the features: balanced accuracy {accuracy:.3f} against chance {chance:.3f} "
                   f"({result['folds']}-fold cross-validation, {result['n_images']} images).{note}"]

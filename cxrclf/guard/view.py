@@ -45,7 +45,6 @@ images that passed every other input check.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 from collections.abc import Collection
@@ -257,6 +256,15 @@ def builtin_view_check() -> ViewCheck:
     return load_view_check(BUILTIN_FOLDER / WEIGHTS)
 
 
+def _torch_installed() -> bool:
+    """Whether PyTorch imports here (the lungs' box needs the segmenter; an onnxruntime-only install has none)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check: ViewCheck | None = None) -> str | None:
     """The warning "looks like an AP film (0.93); this run saw PA films only", or None when the film looks like a view the run saw.
 
@@ -268,7 +276,7 @@ def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check
     if {"AP", "PA"} <= set(families):
         return None
     check = builtin_view_check() if check is None else check
-    if check.lung_margin is not None and importlib.util.find_spec("torch") is None:
+    if check.lung_margin is not None and not _torch_installed():
         return None  # an onnxruntime-only install has no segmenter, hence no lungs' box: no check, as no lung checks
     probability = check.probability_ap(pixels)
     looks, confidence = ("AP", probability) if probability >= check.threshold else ("PA", 1.0 - probability)

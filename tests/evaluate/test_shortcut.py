@@ -255,6 +255,17 @@ def test_markdown_tables_state_the_verdicts():
     assert "For normal" not in pooled
 
 
+def test_markdown_pooled_reads_a_class_without_positives_back_from_metrics_json():
+    # metrics.json stores NaN as null: the card renders the tables from the file, where it is None
+    row = {"class": "covid19", "n_images": 3, "n_positive": 0, "auc": None, "ci_low": None, "ci_high": None,
+           "source_only_auc": None, "beats_source_only": False, "verdict": "cannot be compared"}
+    pooled = shortcut.markdown_pooled([row])
+    assert "| covid19 | 3 | 0 | n/a | n/a | no |" in pooled
+    assert "For covid19" not in pooled
+    assert "| normal | 3 | 1 | 1.000 | 0.250 | yes |" in shortcut.markdown_pooled([
+        row | {"class": "normal", "n_positive": 1, "auc": 1.0, "source_only_auc": 0.25, "beats_source_only": True}])
+
+
 def test_markdown_probe_says_when_far_above_chance():
     base = {"chance": 0.5, "n_images": 40, "sources": {"a": 20, "b": 20}, "dropped": {}, "recall": {"a": 0.9, "b": 0.8}, "folds": 5, "reason": None}
     far = shortcut.markdown_probe(base | {"balanced_accuracy": 0.75})  # exactly chance + 0.25

@@ -177,8 +177,7 @@ def test_a_check_refuses_the_masks_of_another_segmenter():
 def test_without_pytorch_a_check_on_the_lungs_box_does_not_run(phantom, monkeypatch):
     import cxrclf.guard.view as view
 
-    find_spec = view.importlib.util.find_spec
-    monkeypatch.setattr(view.importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+    monkeypatch.setattr(view, "_torch_installed", lambda: False)
     needs_lungs = ViewCheck(mean=np.zeros(3528), scale=np.ones(3528), coef=np.zeros(3528), intercept=3.0, lung_margin=LUNG_MARGIN)
     assert pixel_view_warning(phantom, ("PA",), needs_lungs) is None
     whole_image = ViewCheck(mean=np.zeros(1764), scale=np.ones(1764), coef=np.zeros(1764), intercept=3.0)
