@@ -138,18 +138,20 @@ def trained_run(commands: Commands, prepared: Path, arm: Arm, seed: int, args) -
     return run, seconds
 
 
-def measure(commands: Commands, run: Path, shenzhen: list[Path], work: Path) -> dict:
+def measure(commands: Commands, run: Path, shenzhen: list[Path], work: Path, bootstrap: int) -> dict:
     """Shenzhen's COVID-19 calls, the within-source and pooled AUCs and the source probe, from evaluate and predict."""
-    evaluated, _ = commands.run(f"evaluate-{run.name}", "evaluate", run, "--split", "test", "--bootstrap", 0, "--out", work / "evaluations" / run.name,
+    evaluated, _ = commands.run(f"evaluate-{run.name}", "evaluate", run, "--split", "test", "--bootstrap", bootstrap, "--out", work / "evaluations" / run.name,
                                 "--overwrite", "--json", "--workers", commands.workers, "--threads", commands.threads, "--device", commands.device)
     found = json.loads(evaluated)["shortcut"]
     within = {(row["source"], row["class"]): row["auc"] for row in found["within_source"]}
+    intervals = {(row["source"], row["class"]): (row["ci_low"], row["ci_high"]) for row in found["within_source"]}
     pooled = {row["class"]: row for row in found["pooled"] or []}.get("covid19", {})
     predicted, _ = commands.run(f"predict-{run.name}", "predict", *shenzhen, "--model", run, "--json", "--workers", commands.workers,
                                 "--threads", commands.threads, "--device", commands.device)
     answers = json.loads(predicted)
     row = {"Shenzhen images": len(answers), "Shenzhen called COVID-19": sum(answer.get("predicted") == "covid19" for answer in answers)}
     row |= {label: _number(within.get((source, name))) for source, name, label in WITHIN}
+    row |= {f"{label} interval": [_number(v) for v in intervals.get((source, name), (None, None))] for source, name, label in WITHIN}
     row |= {"pooled COVID-19 AUC": _number(pooled.get("auc")), "source-only COVID-19 AUC": _number(pooled.get("source_only_auc")),
             "source probe": _number(found["probe"]["balanced_accuracy"]), "probe chance": _number(found["probe"]["chance"])}
     return row
@@ -192,9 +194,13 @@ def markdown(rows: list[dict], summary: dict, args) -> str:
 
     images = rows[0]["Shenzhen images"] if rows else 0
     lines = [f"{args.model}, {args.size} px, {args.epochs} epochs, trained without {EXCLUDED} ({images} of its images predicted); AUCs and probe on the "
-             f"test split; unlearning weight {args.unlearn_weight:g}", "",
+             "test split (95% patient-bootstrap intervals); arm@W: unlearning weight W", "",
              "| arm | seed | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
-    lines += [f"| {r['arm']} | {r['seed']} | " + " | ".join(cell(k, r[k]) for k in COLUMNS) + " |" for r in rows]
+    def with_interval(row: dict, key: str) -> str:
+        low, high = row.get(f"{key} interval", (float("nan"), float("nan")))
+        return cell(key, row[key]) + (f" [{low:.2f}, {high:.2f}]" if low == low and high == high else "")
+
+    lines += [f"| {r['arm']} | {r['seed']} | " + " | ".join(with_interval(r, k) for k in COLUMNS) + " |" for r in rows]
     lines += ["", "| arm (mean over seeds) | " + " | ".join(COLUMNS) + " | goal |", "|---" * (len(COLUMNS) + 2) + "|"]
     for arm, found in summary.items():
         goal = "n/a (the baseline)" if arm == "paper" else "n/a (no paper arm)" if found["goal"] is None else (
@@ -218,12 +224,24 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="processes for fusing, preprocessing and decoding")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of training, evaluation and prediction")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="evaluate's patient bootstrap draws: intervals for the within-source AUCs")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print one table from earlier --json outputs (for example one per seed) and stop")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
 
+def merged(paths: list[Path]) -> None:
+    """One table from earlier ``--json`` outputs (runs of different seeds or weights, measured by separate processes)."""
+    found = [json.loads(path.read_text()) for path in paths]
+    rows = sorted((row for document in found for row in document["runs"]), key=lambda row: (row["arm"] != "paper", row["arm"], row["seed"]))
+    settings = argparse.Namespace(**found[0]["settings"])
+    print(markdown(rows, goals(rows), settings))
+
+
 def main() -> None:
     args = arguments()
+    if args.merge:
+        return merged(args.merge)
     arms = [Arm.parse(name) for name in args.arms]
     args.work.mkdir(parents=True, exist_ok=True)
     commands = Commands(args.work, args.threads, args.workers, args.device)
@@ -235,7 +253,7 @@ def main() -> None:
         for seed in args.seeds:
             print(f"{arm.name} seed {seed}", file=sys.stderr)
             run, train_seconds = trained_run(commands, prepared, arm, seed, args)
-            rows.append({"arm": arm_label(arm, args.unlearn_weight), "seed": seed, **measure(commands, run, shenzhen, args.work),
+            rows.append({"arm": arm_label(arm, args.unlearn_weight), "seed": seed, **measure(commands, run, shenzhen, args.work, args.bootstrap),
                          "preprocess CPU min": preprocess_seconds / 60, "train CPU min": train_seconds / 60})
     summary = goals(rows)
     if args.json:
