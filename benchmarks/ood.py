@@ -151,11 +151,12 @@ def logits(predictor, files: list[Path], preprocessed: bool = False) -> np.ndarr
 
     from cxrclf.guard.features import logits_and_features
     from cxrclf.inference import plane_from_file
+    from cxrclf.planes import PlaneTask
     from cxrclf.parallel import map_images
 
     params = None if preprocessed else predictor.params.to_dict()
-    decoded = map_images(plane_from_file, [(str(f), params, predictor.input_size) for f in files], 2)
-    planes = np.stack([d["plane"] for d in decoded if "plane" in d])
+    decoded = map_images(plane_from_file, [PlaneTask(str(f), params, predictor.input_size) for f in files], 2)
+    planes = np.stack([d.plane for d in decoded if d.ok])
     out = []
     with torch.inference_mode():
         for start in range(0, len(planes), 32):
@@ -213,11 +214,12 @@ def null_batches(run: Path, files: list[Path], sizes: tuple[int, ...] = (20, 50)
     """The shift test on random batches of unseen images of the training sources: how often is an unshifted batch called shifted?"""
     from cxrclf.guard.shift import ALPHA, shift_test
     from cxrclf.inference import RunPredictor, plane_from_file
+    from cxrclf.planes import PlaneTask
     from cxrclf.parallel import map_images
 
     predictor = RunPredictor(run, "cpu")
-    decoded = map_images(plane_from_file, [(str(f), predictor.params.to_dict(), predictor.input_size) for f in files], 2)
-    _, features, _ = predictor.assess(np.stack([d["plane"] for d in decoded if "plane" in d]))
+    decoded = map_images(plane_from_file, [PlaneTask(str(f), predictor.params.to_dict(), predictor.input_size) for f in files], 2)
+    _, features, _ = predictor.assess(np.stack([d.plane for d in decoded if d.ok]))
     reference, rng, rows = predictor.shift_reference(), np.random.default_rng(seed), []
     for size in sizes:
         if size > len(features):

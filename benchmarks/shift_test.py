@@ -76,11 +76,12 @@ def synthetic_rows() -> list[dict]:
 
 def features_of(predictor, files: list[Path], preprocessed: bool) -> np.ndarray:
     from cxrclf.inference import plane_from_file
+    from cxrclf.planes import PlaneTask
     from cxrclf.parallel import map_images
 
     params = None if preprocessed else predictor.params.to_dict()
-    decoded = map_images(plane_from_file, [(str(f), params, predictor.input_size) for f in files], 2)
-    return predictor.assess(np.stack([d["plane"] for d in decoded if "plane" in d]))[1]
+    decoded = map_images(plane_from_file, [PlaneTask(str(f), params, predictor.input_size) for f in files], 2)
+    return predictor.assess(np.stack([d.plane for d in decoded if d.ok]))[1]
 
 
 def real_rows(run: Path, shared: Path) -> list[dict]:

@@ -216,7 +216,7 @@ def _source_entry(predictor: RunPredictor | FoldEnsemble, folder: RunFolder) -> 
 def verification_planes(predictor, folder: RunFolder, count: int = VERIFY_IMAGES) -> tuple[np.ndarray, str]:
     """(uint8 planes, where they came from): real images of the run's data folder, test split first, else phantoms through the
     run's preprocessing; then a black plane and a noise plane, the extremes of what the network may be given."""
-    from cxrclf.planes import plane_from_file
+    from cxrclf.planes import PlaneTask, plane_from_file
 
     planes, origin = [], ""
     data = Path(predictor.config.data.folder) if predictor.config.data.folder else None
@@ -228,9 +228,9 @@ def verification_planes(predictor, folder: RunFolder, count: int = VERIFY_IMAGES
         order = {"test": 0, "val": 1, "train": 2}
         rows = rows.assign(order=rows["split"].map(order).fillna(3)).sort_values(["order", "path"], kind="stable")
         for path in rows["path"]:
-            found = plane_from_file((str(data / path), None if preprocessed else predictor.params.to_dict(), predictor.input_size))
-            if "plane" in found:
-                planes.append(found["plane"])
+            found = plane_from_file(PlaneTask(str(data / path), None if preprocessed else predictor.params.to_dict(), predictor.input_size))
+            if found.ok:
+                planes.append(found.plane)
             if len(planes) == count:
                 break
         origin = f"{len(planes)} images of {data} (test split first)"

@@ -11,19 +11,44 @@ checks, :func:`cxrclf.guard.lungs.lung_warnings`, run only where PyTorch is inst
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from cxrclf.errors import CxrclfError
 
-__all__ = ["plane_from_file"]
+__all__ = ["Plane", "PlaneTask", "plane_from_file"]
 
 
-def plane_from_file(task: tuple) -> dict:
-    """One image file -> ``{"plane", "warnings"}`` (the model's input plane and the input checks' reasons) or ``{"error"}``.
+@dataclass(frozen=True)
+class PlaneTask:
+    """What a worker is given: one file, the run's preprocessing (None: the image is preprocessed
+    already), the model's input size, and the views the run was trained on (None: no view check)."""
 
-    ``task`` is (path, preprocessing parameters or None for an already preprocessed image,
-    input size[, the run's trained views]); with the views, an AP film given to a PA run is
-    flagged (from the header, or from the pixels where the header names no view). A
-    module-level function so that it runs in worker processes. Any failure is this file's
-    error: it never stops a batch.
+    path: str
+    params: dict | None
+    size: int
+    views: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Plane:
+    """What a worker answers: the model's input plane and the input checks' reasons, or the file's error."""
+
+    plane: Any = None                 # np.ndarray (size, size, channels) uint8, None with an error
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def plane_from_file(task: PlaneTask) -> Plane:
+    """One image file -> its :class:`Plane`: the model's input plane and the input checks' reasons, or its error.
+
+    With the task's views, an AP film given to a PA run is flagged (from the header, or from
+    the pixels where the header names no view). A module-level function so that it runs in
+    worker processes. Any failure is this file's error: it never stops a batch.
     """
     from cxrclf.data import imageio
     from cxrclf.guard.checks import input_warnings
@@ -33,17 +58,17 @@ def plane_from_file(task: tuple) -> dict:
     from cxrclf.preprocess.pipeline import preprocess_image
     from cxrclf.segment.run import segmenter_for
 
-    path, params, size, *views = task
+    path, params, size = task.path, task.params, task.size
     try:
         decoded = imageio.decode(path)
-        warnings = input_warnings(decoded.pixels, decoded.info, trained_views=views[0] if views else None)
+        warnings = input_warnings(decoded.pixels, decoded.info, trained_views=task.views)
         image = decoded.pixels
         if params is not None:  # an original image: the lungs' checks too (a preprocessed one passed them, or was never checked)
             warnings += lung_warnings(image)
             preprocessing = PreprocessParams(**params)
             image = preprocess_image(image, preprocessing, segmenter_for(preprocessing))
-        return {"plane": to_model_plane(image, size), "warnings": warnings}
+        return Plane(plane=to_model_plane(image, size), warnings=tuple(warnings))
     except CxrclfError as exc:
-        return {"error": exc.reason}
+        return Plane(error=exc.reason)
     except Exception as exc:  # a pathological image must not stop the batch
-        return {"error": f"cannot process image ({exc.__class__.__name__}: {exc})"}
+        return Plane(error=f"cannot process image ({exc.__class__.__name__}: {exc})")

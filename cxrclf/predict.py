@@ -17,7 +17,7 @@ import numpy as np
 from cxrclf import io
 from cxrclf.data.imageio import IMAGE_SUFFIXES
 from cxrclf.errors import CxrclfError
-from cxrclf.planes import plane_from_file  # torch-free: predict runs on the onnxruntime backend without PyTorch
+from cxrclf.planes import Plane, PlaneTask, plane_from_file  # torch-free: predict runs on the onnxruntime backend without PyTorch
 from cxrclf.parallel import map_images
 
 if TYPE_CHECKING:
@@ -116,13 +116,13 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 16,
     batches of ``batch_size``. With ``withhold_flagged``, a flagged image gets no label.
     """
     decoded = _decoded(predictor, files, workers)
-    good = [i for i, d in enumerate(decoded) if "plane" in d]
-    records = [Prediction(file=str(f), error=d["error"]) if "error" in d else None for f, d in zip(files, decoded)]
+    good = [i for i, d in enumerate(decoded) if d.ok]
+    records = [None if d.ok else Prediction(file=str(f), error=d.error) for f, d in zip(files, decoded)]
     if good:
-        assessed = predictor.assess(np.stack([decoded[i]["plane"] for i in good]), batch_size)
+        assessed = predictor.assess(np.stack([decoded[i].plane for i in good]), batch_size)
         flagged = predictor.flagged(assessed.scores)
         for row, index in enumerate(good):
-            records[index] = _answer(predictor, str(files[index]), decoded[index]["warnings"], assessed.probabilities[row], assessed.scores[row],
+            records[index] = _answer(predictor, str(files[index]), list(decoded[index].warnings), assessed.probabilities[row], assessed.scores[row],
                                      bool(flagged[row]), withhold_flagged)
         from cxrclf.guard.shift import MIN_IMAGES, check_batch
 
@@ -151,9 +151,9 @@ def _answer(predictor: Predictor, file: str, input_warnings: list[str], values: 
     )
 
 
-def _decoded(predictor: Predictor, files: list[Path], workers: int) -> list[dict]:
+def _decoded(predictor: Predictor, files: list[Path], workers: int) -> list[Plane]:
     """Each file's model input plane and input checks' warnings, or its error (the run's own preprocessing)."""
-    tasks = [(str(f), predictor.params.to_dict(), predictor.input_size, predictor.trained_views) for f in files]
+    tasks = [PlaneTask(str(f), predictor.params.to_dict(), predictor.input_size, predictor.trained_views) for f in files]
     return map_images(plane_from_file, tasks, workers)
 
 
@@ -167,8 +167,8 @@ def shift_files(predictor: Predictor, files: list[Path], sources: list[str] | No
         raise CxrclfError("this run stores no shift reference (trained before cxrclf stored one); train it again to test batches", predictor.run)
     predictor.shift_reference().select(sources)  # an unknown source is refused before any image is read
     decoded = _decoded(predictor, files, workers)
-    unreadable = [{"file": str(f), "error": d["error"]} for f, d in zip(files, decoded) if "error" in d]
-    planes = [d["plane"] for d in decoded if "plane" in d]
+    unreadable = [{"file": str(f), "error": d.error} for f, d in zip(files, decoded) if not d.ok]
+    planes = [d.plane for d in decoded if d.ok]
     if len(planes) < 2:
         raise CxrclfError(f"a shift test needs at least 2 readable images, got {len(planes)}" + (f"; first error: {unreadable[0]['file']}: {unreadable[0]['error']}" if unreadable else ""))
     _, features, _ = predictor.assess(np.stack(planes), batch_size)

@@ -117,7 +117,7 @@ def test_onnxruntime_gives_predicts_records(run_cli, request, images, tmp_path, 
 
 def test_every_predictor_is_a_predictor_and_the_backends_assess_each_fold_alike(run_cli, fold_ensemble, images, tmp_path):
     from cxrclf.inference import FoldEnsemble, Predictor, RunPredictor, load_predictor
-    from cxrclf.planes import plane_from_file
+    from cxrclf.planes import PlaneTask, plane_from_file
     from cxrclf.runs import RunFolder
     from cxrclf.runtime import OnnxPredictor
 
@@ -127,7 +127,7 @@ def test_every_predictor_is_a_predictor_and_the_backends_assess_each_fold_alike(
     assert isinstance(ensemble, FoldEnsemble) and isinstance(single, RunPredictor)
     assert all(isinstance(p, Predictor) for p in (ensemble, single, exported)) and not isinstance(object(), Predictor)
     assert (ensemble.member_count, single.member_count, exported.member_count) == (2, 1, 2) and single.members == [single]
-    planes = np.stack([plane_from_file((str(f), ensemble.params.to_dict(), ensemble.input_size))["plane"] for f in images[:4]])
+    planes = np.stack([plane_from_file(PlaneTask(str(f), ensemble.params.to_dict(), ensemble.input_size)).plane for f in images[:4]])
     theirs, ours = ensemble.assess_members(planes), exported.assess_members(planes)
     for fold, (a, b) in enumerate(zip(theirs, ours)):  # fold by fold: the same probabilities and raw guard scores
         np.testing.assert_allclose(b.probabilities, a.probabilities, atol=TOLERANCE, err_msg=f"fold {fold}")

@@ -48,7 +48,7 @@ def sleep_in_worker(seconds: float) -> int:
     return os.getpid()
 
 
-def slow_decode(task: tuple[str, str]):
+def slow_decode(task):
     """``cxrclf fuse``'s real worker, then a long pause: a SIGTERM surely finds it busy."""
     result = _decode_one(task)
     time.sleep(WORKER_SLEEP_SECONDS)

@@ -106,26 +106,44 @@ def _image_ids(records: list[SourceRecord]) -> list[str]:
     return ids
 
 
-def _decode_one(task: tuple[str, str]) -> tuple[int, int, str, str] | str:
-    """Worker: decode, hash and write one image. Returns (width, height, sha256, phash) or a reason."""
-    source_path, out_path = task
+@dataclass(frozen=True)
+class DecodeTask:
+    """What a worker is given: one source file and where its PNG copy goes."""
+
+    source: str
+    out: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a worker answers: the image's size and hashes, or why it could not be read."""
+
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    phash: str = ""
+    reason: str | None = None
+
+
+def _decode_one(task: DecodeTask) -> Decoded:
+    """Worker: decode, hash and write one image."""
     try:
-        image = imageio.read_image(source_path)
+        image = imageio.read_image(task.source)
     except CxrclfError as exc:
-        return exc.reason
-    io.write_bytes(Path(out_path), imageio.encode_png(image))
-    return image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image)
+        return Decoded(reason=exc.reason)
+    io.write_bytes(Path(task.out), imageio.encode_png(image))
+    return Decoded(image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image))
 
 
-def _decoded_rows(records: list[SourceRecord], ids: list[str], decoded: list) -> tuple[list[dict], list[Exclusion]]:
+def _decoded_rows(records: list[SourceRecord], ids: list[str], decoded: list[Decoded]) -> tuple[list[dict], list[Exclusion]]:
     """Manifest rows (without split columns) for the decoded images, and an exclusion for each image that failed."""
     kept: list[dict] = []
     unreadable: list[Exclusion] = []
     for record, image_id, result in zip(records, ids, decoded):
-        if isinstance(result, str):
-            unreadable.append(Exclusion(record.source, record.source_file, "unreadable image", result))
+        if result.reason is not None:
+            unreadable.append(Exclusion(record.source, record.source_file, "unreadable image", result.reason))
             continue
-        width, height, sha, phash = result
+        width, height, sha, phash = result.width, result.height, result.sha256, result.phash
         kept.append({
             "image_id": image_id, "path": f"{IMAGES}/{image_id}.png", "source": record.source,
             "source_file": record.source_file, "patient_id": record.patient_id, "finding": record.finding,
@@ -157,7 +175,7 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
 
     with io.staged_folder(out, overwrite, kind="fused", inputs=inputs) as stage:
         (stage / IMAGES).mkdir()
-        tasks = [(str(r.file), str(stage / IMAGES / f"{i}.png")) for r, i in zip(records, ids)]
+        tasks = [DecodeTask(str(r.file), str(stage / IMAGES / f"{i}.png")) for r, i in zip(records, ids)]
         decoded = map_images(_decode_one, tasks, options.workers, progress)
         kept, unreadable = _decoded_rows(records, ids, decoded)
         exclusions.extend(unreadable)

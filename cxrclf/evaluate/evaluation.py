@@ -28,6 +28,7 @@ from cxrclf.evaluate import calibration, intervals
 from cxrclf.evaluate.result import FOCUS, Bootstrap, Calibration, Evaluation, FocusMetrics, Metrics
 from cxrclf.labels import SCHEMES
 from cxrclf.inference import plane_from_file
+from cxrclf.planes import PlaneTask
 from cxrclf.parallel import map_images
 from cxrclf.preprocess.params import PreprocessParams, read_params
 from cxrclf.runs import RunConfig, RunFolder, resolve_run
@@ -102,15 +103,15 @@ def predict_rows(predictor: Predictor, rows: pd.DataFrame, root: Path, needs_pre
     """
     scheme = SCHEMES[len(predictor.class_names)]
     params = predictor.params.to_dict() if needs_preprocessing else None
-    tasks = [(str(root / p), params, predictor.input_size, predictor.trained_views) for p in rows["path"]]
+    tasks = [PlaneTask(str(root / p), params, predictor.input_size, predictor.trained_views) for p in rows["path"]]
     decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
-    failed = [(rows["image_id"].iloc[i], d["error"]) for i, d in enumerate(decoded) if "error" in d]
+    failed = [(rows["image_id"].iloc[i], d.error) for i, d in enumerate(decoded) if not d.ok]
     if len(failed) == len(rows):
         raise CxrclfError(f"none of the {len(rows)} image(s) could be used, first: {failed[0][1]}", root / rows["path"].iloc[0])
     if failed:  # skipped and reported (an image without lung fields, a damaged file), not a failed evaluation
-        keep = [i for i, d in enumerate(decoded) if "error" not in d]
+        keep = [i for i, d in enumerate(decoded) if d.ok]
         rows, decoded = rows.iloc[keep].reset_index(drop=True), [decoded[i] for i in keep]
-    planes = np.stack([d["plane"] for d in decoded])
+    planes = np.stack([d.plane for d in decoded])
     members = predictor.assess_members(planes)
     probabilities, features, scores = predictor.combine(members)
     flagged = predictor.flagged(scores)
@@ -123,7 +124,7 @@ def predict_rows(predictor: Predictor, rows: pd.DataFrame, root: Path, needs_pre
         out[f"prob_{name}"] = probabilities[:, index]
     out["predicted"] = [predictor.class_names[i] for i in probabilities.argmax(axis=1)]
     out["ood_score"] = scores
-    out["input_warnings"] = ["; ".join(d["warnings"]) for d in decoded]
+    out["input_warnings"] = ["; ".join(d.warnings) for d in decoded]
     out["flagged"] = flagged | (out["input_warnings"] != "").to_numpy()
     out.attrs["skipped"] = [{"image_id": image_id, "reason": reason} for image_id, reason in failed]
     return out, features, [m.probabilities for m in members] if predictor.member_count > 1 else None

@@ -63,17 +63,18 @@ def lung_attention(predictor, rows: pd.DataFrame, root: Path, needs_preprocessin
     """
     from cxrclf.explain.cam import grad_cam
     from cxrclf.inference import plane_from_file
+    from cxrclf.planes import PlaneTask
     from cxrclf.parallel import map_images
 
     segmenter = segmenter_for_run(predictor.params, lung_model)
     params = predictor.params.to_dict() if needs_preprocessing else None
-    tasks = [(str(Path(root) / p), params, predictor.input_size) for p in rows["path"]]
+    tasks = [PlaneTask(str(Path(root) / p), params, predictor.input_size) for p in rows["path"]]
     decoded = map_images(plane_from_file, tasks, workers if needs_preprocessing else 1)
     shares, areas = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     for index, item in enumerate(decoded):
-        if "plane" not in item:
+        if not item.ok:
             continue
-        plane = item["plane"]
+        plane = item.plane
         target = predictor.class_names.index(predictions["predicted"].iloc[index])
         mask = plane_lung_mask(segmenter, plane)
         heat = np.mean([grad_cam(member, plane, target) for member in predictor.members], axis=0)  # a fold ensemble: averaged

@@ -15,6 +15,7 @@ from cxrclf.guard.checks import header_warnings, view_families, view_family
 from cxrclf.guard.view import (BUILTIN_FOLDER, LUNG_MARGIN, PROVENANCE, WEIGHTS, ViewCheck, builtin_view_check, check_features, fit_view_check,
                                load_view_check, lung_crop, pixel_view_warning, view_features)
 from cxrclf.inference import plane_from_file
+from cxrclf.planes import PlaneTask
 from cxrclf.io import sha256_file
 from cxrclf.runs import DataSpec, Fields
 
@@ -59,9 +60,9 @@ def test_ap_dicoms_are_flagged_by_name_for_a_pa_run_and_pass_for_a_run_with_ap(t
 def test_plane_from_file_holds_the_header_against_the_run_views(tmp_path, phantom):
     path = tmp_path / "ap.dcm"
     synthetic.write_dicom(path, phantom, patient_id="p", view="AP", compression="none")
-    assert plane_from_file((str(path), None, 64, ("PA",)))["warnings"] == ["AP view (DICOM ViewPosition AP); this run saw PA films only"]
-    assert plane_from_file((str(path), None, 64, ("AP", "PA")))["warnings"] == []
-    assert plane_from_file((str(path), None, 64))["warnings"] == []  # callers that name no views: as before
+    assert plane_from_file(PlaneTask(str(path), None, 64, ("PA",))).warnings == ("AP view (DICOM ViewPosition AP); this run saw PA films only",)
+    assert plane_from_file(PlaneTask(str(path), None, 64, ("AP", "PA"))).warnings == ()
+    assert plane_from_file(PlaneTask(str(path), None, 64)).warnings == ()  # callers that name no views: as before
 
 
 def test_a_pa_dicom_is_trusted_and_the_pixels_are_not_asked(tmp_path, phantom, monkeypatch):

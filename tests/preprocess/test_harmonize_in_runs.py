@@ -26,6 +26,7 @@ def fused(synthetic_sources, tmp_path_factory):
 def test_harmonized_training_images_are_what_predict_evaluate_and_explain_rebuild(run_cli, fused, synthetic_sources, tmp_path):
     from cxrclf.evaluate.evaluation import EvaluateOptions, evaluate
     from cxrclf.inference import load_predictor, plane_from_file
+    from cxrclf.planes import PlaneTask
     from cxrclf.runs import RunFolder
     from cxrclf.train.loop import TrainOptions, train
 
@@ -51,8 +52,8 @@ def test_harmonized_training_images_are_what_predict_evaluate_and_explain_rebuil
         row = manifest.loc[image_id]
         original = synthetic_sources[folders[row.source]] / row.source_file  # the file as its archive ships it
         trained_on = to_model_plane(imageio.read_image(prep / row.path), 48)
-        predicted = plane_from_file((str(original), predictor.params.to_dict(), 48))  # predict's path (and evaluate's on a fused folder)
-        assert "error" not in predicted and np.array_equal(predicted["plane"], trained_on), image_id
+        predicted = plane_from_file(PlaneTask(str(original), predictor.params.to_dict(), 48))  # predict's path (and evaluate's on a fused folder)
+        assert predicted.ok and np.array_equal(predicted.plane, trained_on), image_id
         explained = predictor.plane_from_decoded(imageio.decode(original).pixels)  # explain's path
         assert np.array_equal(explained, trained_on), image_id
 
