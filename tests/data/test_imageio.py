@@ -169,6 +169,7 @@ def test_max_pixels_default_environment_and_invalid_values(monkeypatch, tmp_path
             imageio.read_image(tmp_path / "a.png")  # read at call time, so workers see it too
 
 
+@pytest.mark.slow  # building the 900-megapixel bomb compresses 900 MB
 def test_png_bomb_is_refused_from_its_header(monkeypatch, bomb_png, pillow_limit_restored):
     monkeypatch.delenv("CXRCLF_MAX_PIXELS", raising=False)
     assert bomb_png.stat().st_size < 1_000_000
@@ -185,6 +186,7 @@ def test_png_bomb_is_refused_from_its_header(monkeypatch, bomb_png, pillow_limit
     )
 
 
+@pytest.mark.slow  # the bomb above
 def test_png_bomb_under_a_raised_limit_names_that_limit_and_no_pillow_warning_escapes(
     monkeypatch, bomb_png, pillow_limit_restored
 ):

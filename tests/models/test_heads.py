@@ -50,7 +50,8 @@ def _build(family: Family):
     return create_model(family.name, CLASSES, pretrained=False, image_size=family.size)
 
 
-@pytest.fixture(params=FAMILIES, ids=lambda family: family.name)
+# nasnetalarge (85 M parameters) takes seconds to build: with the slow tests
+@pytest.fixture(params=[pytest.param(f, marks=pytest.mark.slow) if f.name == "nasnetalarge" else f for f in FAMILIES], ids=lambda family: family.name)
 def built(request):
     return request.param, _build(request.param)
 
