@@ -247,13 +247,17 @@ def cost(data: Path, count: int = 100, repeat: int = 3) -> dict:
 
 def steps(images: list[np.ndarray]) -> dict:
     """The check's steps apart, CPU milliseconds per image: the input plane, the network as trained,
-    folded (what the checks run) and in onnxruntime (an experiment, where installed), the mask's
-    measures; and how far the folded network's (and onnxruntime's) probabilities are from the network's."""
-    from cxrclf.guard.lungs import _shrunk, describe_pair
+    its folded copy (what the checks run without onnxruntime) and the shipped graph in onnxruntime
+    (what they run), the mask's measures; and how far the folded copy's and onnxruntime's probabilities
+    are from the network's, and in how many mask pixels."""
+    from cxrclf.guard.lungs import describe_pair
     from cxrclf.segment.infer import builtin_segmenter
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.segment.ort import ONNX_FILE, OnnxLungNetwork
+    from cxrclf.segment.plane import segmenter_plane, shrunk
 
     segmenter = builtin_segmenter()
+    graph = segmenter.path / ONNX_FILE
+    onnx = OnnxLungNetwork(graph) if graph.exists() else None
     found: dict[str, list[float]] = {}
 
     def timed(step: str, work):
@@ -262,44 +266,23 @@ def steps(images: list[np.ndarray]) -> dict:
         found.setdefault(step, []).append(1000 * (time.process_time() - started))
         return out
 
-    session, difference, pixels_differ, onnx_difference = onnx_session(segmenter), 0.0, 0, 0.0
+    differences = {"folded": [0.0, 0], "onnxruntime": [0.0, 0]}
+
+    def compare(name: str, exact: np.ndarray, probabilities: np.ndarray) -> None:
+        differences[name][0] = max(differences[name][0], float(np.abs(exact - probabilities).max()))
+        differences[name][1] += int(((exact > segmenter.threshold) != (probabilities > segmenter.threshold)).sum())
+
     for pixels in images:
-        plane = timed("plane", lambda: segmenter_plane(_shrunk(pixels, segmenter.input_size), segmenter.input_size))
+        plane = timed("plane", lambda: segmenter_plane(shrunk(pixels, segmenter.input_size), segmenter.input_size))
         exact = timed("network as trained", lambda: segmenter.plane_probabilities(plane))
-        probabilities = timed("network folded", lambda: segmenter.plane_probabilities(plane, folded=True))
-        difference = max(difference, float(np.abs(exact - probabilities).max()))
-        pixels_differ += int(((exact > segmenter.threshold) != (probabilities > segmenter.threshold)).sum())
-        if session is not None:
-            x = ((plane - segmenter.config.model.mean) / segmenter.config.model.std).astype(np.float32)[None, None]
-            logits = timed("network in onnxruntime (experiment)", lambda: session.run(None, {"x": x}))[0][0, 0]
-            onnx_difference = max(onnx_difference, float(np.abs(1 / (1 + np.exp(-logits)) - exact).max()))
+        probabilities = timed("network folded (PyTorch)", lambda: segmenter.plane_probabilities(plane, folded=True))
+        compare("folded", exact, probabilities)
+        if onnx is not None:
+            probabilities = timed("network in onnxruntime (shipped graph)", lambda: onnx.plane_probabilities(plane))
+            compare("onnxruntime", exact, probabilities)
         timed("measures", lambda: describe_pair(probabilities, plane, segmenter.threshold))
     return {"steps_cpu_ms": {step: spread(values) for step, values in found.items()},
-            "folded_against_trained": {"max_probability_difference": difference, "mask_pixels_differing": pixels_differ},
-            "onnxruntime_against_trained": {"max_probability_difference": onnx_difference if session is not None else None}}
-
-
-def onnx_session(segmenter):
-    """An onnxruntime session (one thread) of the segmenter's network exported in memory (PyTorch's TorchScript exporter,
-    as ``cxrclf export`` uses it), or None without onnx and onnxruntime: what the network would cost there."""
-    import importlib.util
-    import io
-    import warnings
-
-    import torch
-
-    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:  # the exporter needs onnx
-        return None
-    import onnxruntime
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(segmenter.model, (torch.zeros(1, 1, segmenter.input_size, segmenter.input_size),), buffer, dynamo=False,
-                          opset_version=17, input_names=["x"], output_names=["logits"])
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+            **{f"{name}_against_trained": {"max_probability_difference": d, "mask_pixels_differing": n} for name, (d, n) in differences.items()}}
 
 
 def at_size(data: Path, size: int, step: int = 4) -> dict:
@@ -312,9 +295,9 @@ def at_size(data: Path, size: int, step: int = 4) -> dict:
     import torch
 
     from cxrclf.data.imageio import decode
-    from cxrclf.guard.lungs import _shrunk, describe_pair, orientation_reasons
+    from cxrclf.guard.lungs import describe_pair, orientation_reasons
     from cxrclf.segment.infer import builtin_segmenter
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.segment.plane import segmenter_plane, shrunk
 
     torch.set_num_threads(1)
     segmenter = builtin_segmenter()
@@ -335,7 +318,7 @@ def at_size(data: Path, size: int, step: int = 4) -> dict:
     for name, pixels in images():
         for s in sizes:
             started = time.process_time()
-            plane = segmenter_plane(_shrunk(pixels, s), s)
+            plane = segmenter_plane(shrunk(pixels, s), s)
             reasons[s].setdefault(name, []).append(orientation_reasons(plane, segmenter))
             seconds[s].append(1000 * (time.process_time() - started))
             if name == "upright":
@@ -374,7 +357,7 @@ def feature_quantiles(data: Path, limit: int | None = None) -> dict:
     from cxrclf.data.imageio import decode
     from cxrclf.guard.lungs import SURE_CONFIDENCE, describe_pair
     from cxrclf.segment.infer import builtin_segmenter
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.segment.plane import segmenter_plane, shrunk
 
     torch.set_num_threads(1)
     segmenter = builtin_segmenter()

@@ -4,6 +4,7 @@
                                  [--figure docs/figures/lung_masks.png] [--keep DIR] [--json]
     python benchmarks/segment.py --builtin [--data ../shared/data/cxr-mini] [--json]
     python benchmarks/segment.py --ship RUN --command "cxrclf segment train ..." [--data ...]
+    python benchmarks/segment.py --ship-onnx      # only cxrclf/builtin/lung/model.onnx, from the shipped weights
 
 ``--builtin`` measures the segmenter shipped in ``cxrclf/builtin/lung/`` on the held-out
 patients its ``provenance.json`` lists (Dice and IoU at each image's own size, as training
@@ -11,7 +12,9 @@ measures them), checks that the shared data still hashes as it did for training,
 the figures recorded there beside the ones measured now. ``--ship RUN`` makes that folder
 from a finished ``cxrclf segment train`` run: its config.json, its weights in half precision
 and ``provenance.json`` (the command, the cxrclf version and commit, the training data's hash,
-the patients of every split, held-out Dice and IoU in single and half precision).
+the patients of every split, held-out Dice and IoU in single and half precision) and the
+network as an ONNX graph, ``model.onnx``, which the input checks run in onnxruntime
+(:mod:`cxrclf.segment.ort`; ``--ship-onnx`` writes only that, from the shipped weights).
 
 1. Dice and IoU on Montgomery patients held out from training: ``cxrclf segment train`` on
    the shared set's Montgomery folder (67 X-rays with both lung masks, 128 px), one run per
@@ -257,6 +260,26 @@ def ship(run: Path, command: str, data: Path) -> dict:
         "torch_dtype_at_inference": str(torch.float32),
     }
     io.write_json(out / PROVENANCE, provenance)
+    return ship_onnx()
+
+
+def ship_onnx() -> dict:
+    """Write ``cxrclf/builtin/lung/model.onnx`` from the shipped weights (what the input checks run in onnxruntime)
+    and record it in ``provenance.json`` under ``"onnx"``."""
+    from cxrclf import io
+    from cxrclf.export import export_lung_network
+    from cxrclf.segment.infer import Segmenter
+    from cxrclf.segment.ort import ONNX_FILE
+    from cxrclf.segment.run import PROVENANCE, builtin_folder
+
+    folder = builtin_folder()
+    segmenter = Segmenter(folder)
+    provenance = io.read_json(folder / PROVENANCE, PROVENANCE)
+    if segmenter.sha256 != provenance["weights"]["sha256"]:
+        raise SystemExit(f"benchmarks/segment.py: {folder}: the weights are not the ones provenance.json records")
+    made = export_lung_network(segmenter, folder / ONNX_FILE)
+    provenance["onnx"] = {**made, "file": ONNX_FILE, "made_by": "python benchmarks/segment.py --ship-onnx (cxrclf.export.export_lung_network)"}
+    io.write_json(folder / PROVENANCE, provenance)
     return provenance
 
 
@@ -293,9 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--builtin", action="store_true", help="held-out Dice and IoU of the shipped segmenter (no training)")
     parser.add_argument("--ship", type=Path, default=None, help="make cxrclf/builtin/lung/ from this finished segmentation run")
     parser.add_argument("--command", default="", help="with --ship: the command that trained RUN, for provenance.json")
+    parser.add_argument("--ship-onnx", action="store_true", help="write cxrclf/builtin/lung/model.onnx from the shipped weights (--ship does it too)")
     args = parser.parse_args(argv)
     if not (args.data / "montgomery").is_dir():
         raise SystemExit(f"benchmarks/segment.py: {args.data}: the shared data folder not found (pass --data)")
+    if args.ship_onnx:
+        print(json.dumps(ship_onnx()["onnx"], indent=2))
+        return
     if args.ship or args.builtin:
         result = ship(args.ship, args.command, args.data) if args.ship else builtin_figures(args.data)
         if args.json or args.ship:

@@ -26,8 +26,9 @@ which joins the 12 NIH X-rays that RSNA re-issued under new ids to their RSNA co
 3. PA films of sources it never saw (NLM Montgomery and Shenzhen, the shared set's 128 px
    copies, and pydicom's computed-radiography film): how many the check fitted on every
    film flags.
-4. Time per image: the features of one decoded image (one pass of the lung segmenter and two
-   HOGs; the probability is one dot product), one thread, median.
+4. Time per image, CPU, one thread, median: the lung checks (one pass of the lung segmenter for
+   most films), and the view check's features from their upright mask, as ``predict`` runs
+   them (two HOGs; the probability is one dot product).
 
 With ``--ship`` the check is fitted on every film (the NIH copies of RSNA X-rays once) and
 written to ``cxrclf/builtin/view/``: ``view.safetensors`` and ``provenance.json`` (this
@@ -91,21 +92,26 @@ def labelled_films(data: Path) -> list[Film]:
     return films
 
 
-def decode_all(films: list[Film]) -> tuple[np.ndarray, list[str], list[float]]:
-    """(features (N, F), perceptual hashes, seconds per film to compute its features from the decoded pixels)."""
+def decode_all(films: list[Film]) -> tuple[np.ndarray, list[str], dict[str, list[float]]]:
+    """(features (N, F), perceptual hashes, CPU seconds per film of the steps ``predict`` runs on the decoded pixels:
+    the lung checks (one pass of the segmenter for most films) and the view check's features from their mask)."""
     from cxrclf.data import imageio
+    from cxrclf.guard.lungs import lung_findings
     from cxrclf.guard.view import check_features
-    from cxrclf.segment.infer import builtin_segmenter
+    from cxrclf.segment.ort import lung_network
 
-    segmenter = builtin_segmenter()
-    check_features(imageio.read_image(films[0].file), segmenter=segmenter)  # the folded network is built on first use: not timed
-    features, hashes, seconds = [], [], []
+    segmenter = lung_network()  # what predict runs (onnxruntime where installed)
+    check_features(imageio.read_image(films[0].file), segmenter=segmenter)  # a network's first pass is not timed
+    features, hashes, seconds = [], [], {"lung checks": [], "view check (the lung checks' mask)": []}
     for film in films:
         pixels = imageio.read_image(film.file)
         hashes.append(imageio.perceptual_hash(pixels))
-        started = time.perf_counter()
-        features.append(check_features(pixels, segmenter=segmenter))
-        seconds.append(time.perf_counter() - started)
+        started = time.process_time()
+        mask = lung_findings(pixels, segmenter).mask
+        seconds["lung checks"].append(time.process_time() - started)
+        started = time.process_time()
+        features.append(check_features(pixels, segmenter=segmenter, mask=mask))
+        seconds["view check (the lung checks' mask)"].append(time.process_time() - started)
     return np.stack(features), hashes, seconds
 
 
@@ -243,7 +249,7 @@ def segmenter_features(pixels: list[np.ndarray], segmenter) -> tuple[np.ndarray,
     import cv2
     import torch
 
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.segment.plane import segmenter_plane
 
     size, geometry, encoder = segmenter.input_size, [], []
     for image in pixels:
@@ -379,7 +385,7 @@ def ship(films: list[Film], check, keep: np.ndarray, data: Path, c: float, resul
 
 def print_result(result: dict) -> None:
     """The figures of :func:`main`, one line each."""
-    print(f"films: {result['films']}; features {result['ms_per_image']} ms per image (median, one thread)")
+    print(f"films: {result['films']}; CPU ms per image (median, one thread): " + ", ".join(f"{step} {ms}" for step, ms in result['cpu_ms_per_image'].items()))
     print("held-out patients (5-fold, grouped): AUC " + ", ".join(f"{s} {v['auc']:.3f} ({v['ap']} AP, {v['pa']} PA)" for s, v in result["heldout_patients"]["per_source"].items()))
     for held, v in result["source_held_out"].items():
         print(f"{held} held out (trained on {' + '.join(v['trained_on'])}): AUC {v['auc']:.3f}; AP flagged {v['ap_flagged']}/{v['ap']} "
@@ -422,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         "source_held_out": source_held_out(features, is_ap, sources, groups, args.c, THRESHOLD),
         "calibrated_threshold": calibrated_threshold(features, is_ap, sources, groups, args.c, args.seed),
         "near_duplicate_pairs": [[films[i].source + ":" + films[i].file.name, films[j].source + ":" + films[j].file.name] for i, j in pairs],
-        "ms_per_image": round(1000 * statistics.median(seconds), 2),
+        "cpu_ms_per_image": {step: round(1000 * statistics.median(values), 2) for step, values in seconds.items()},
         "c": args.c,
     }
     if args.compare:

@@ -6,7 +6,7 @@ The one path every consumer of a run takes, whichever backend then runs the netw
 timm, so that an environment with onnxruntime alone can predict (a run that crops to the
 lungs still needs PyTorch for its segmenter, which :func:`cxrclf.segment.run.segmenter_for`
 loads and :func:`cxrclf.preprocess.pipeline.preprocess_image` is handed; the lung-based input
-checks, :func:`cxrclf.guard.lungs.lung_warnings`, run only where PyTorch is installed).
+checks run the built-in segmenter's graph in onnxruntime, :mod:`cxrclf.segment.ort`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ def plane_from_file(task: PlaneTask) -> Plane:
     """
     from cxrclf.data import imageio
     from cxrclf.guard.checks import input_warnings
-    from cxrclf.guard.lungs import lung_warnings
     from cxrclf.models.inputs import to_model_plane
     from cxrclf.preprocess.params import PreprocessParams
     from cxrclf.preprocess.pipeline import preprocess_image
@@ -61,10 +60,10 @@ def plane_from_file(task: PlaneTask) -> Plane:
     path, params, size = task.path, task.params, task.size
     try:
         decoded = imageio.decode(path)
-        warnings = input_warnings(decoded.pixels, decoded.info, trained_views=task.views)
+        # an original image gets the lung checks too (a preprocessed one passed them, or was never checked)
+        warnings = input_warnings(decoded.pixels, decoded.info, trained_views=task.views, lungs=params is not None)
         image = decoded.pixels
-        if params is not None:  # an original image: the lungs' checks too (a preprocessed one passed them, or was never checked)
-            warnings += lung_warnings(image)
+        if params is not None:
             preprocessing = PreprocessParams(**params)
             image = preprocess_image(image, preprocessing, segmenter_for(preprocessing))
         return Plane(plane=to_model_plane(image, size), warnings=tuple(warnings))

@@ -114,10 +114,9 @@ def _checked_output(predictor: RunPredictor | FoldEnsemble, image_path: Path, me
 def _assess(predictor: RunPredictor | FoldEnsemble, image_path: Path) -> _Assessed:
     """The image through the run's preprocessing and model, with the input checks' (the lungs' included) and the guard's warnings."""
     from cxrclf.guard.checks import input_warnings
-    from cxrclf.guard.lungs import lung_warnings
 
     decoded = decode(image_path)
-    warnings = input_warnings(decoded.pixels, decoded.info, trained_views=predictor.trained_views) + lung_warnings(decoded.pixels)
+    warnings = input_warnings(decoded.pixels, decoded.info, trained_views=predictor.trained_views, lungs=True)
     try:
         plane = predictor.plane_from_decoded(decoded.pixels)
     except CxrclfError as exc:  # e.g. a run that crops to the lungs, and no lungs in this image

@@ -11,9 +11,10 @@ guard adds two layers of doubt, cheapest first.
    needs no model. Given a run's training views, it also flags a film of another view: an AP
    DICOM for a PA run, or a PNG that a small learned PA-or-AP check on its pixels
    (:mod:`cxrclf.guard.view`, shipped in ``cxrclf/builtin/view/``) finds AP. From the lungs
-   (:mod:`cxrclf.guard.lungs`, the built-in lung segmenter): no pair of lung fields (a
-   lateral, a CT or MR slice, a photograph, a crop), one lung field not found, a film turned
-   by 90, 180 or 270 degrees, inverted grey levels.
+   (``lungs=True``; :mod:`cxrclf.guard.lungs`, the built-in lung segmenter's graph in
+   onnxruntime): no pair of lung fields (a lateral, a CT or MR slice, a photograph, a crop),
+   one lung field not found, a film turned by 90, 180 or 270 degrees, inverted grey levels;
+   their upright mask frames the view check's lungs' box, so the segmenter runs once.
 2. A learned score after the model (:mod:`cxrclf.guard.detector`): fitted on the training
    images' pooled backbone features at the end of training, a class-conditional Gaussian
    (:class:`GaussianDetector`) scores how far an image's features lie from every class;

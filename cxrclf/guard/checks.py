@@ -114,14 +114,16 @@ _MAX_SAMPLED_SIDE = 1024
 
 
 def input_warnings(pixels: np.ndarray, info: ImageInfo | None = None, *,
-                   trained_views: Collection[str] | None = None) -> list[str]:
+                   trained_views: Collection[str] | None = None, lungs: bool = False) -> list[str]:
     """Reasons to distrust the model's answer for this image; empty when every rule passes.
 
     ``pixels`` is the decoded 2-D ``uint8``/``uint16`` grey image (``read_image``), ``info`` its
-    header summary (None: pixel rules only). ``trained_views`` (e.g. ``("PA",)``), when given,
-    also flags a view outside it, such as AP: the header's, or where the header names none,
-    the one the pixels look like (only for an image no other rule objected to: the view
-    check presumes a frontal chest film).
+    header summary (None: pixel rules only). ``lungs``: the lung checks too
+    (:func:`cxrclf.guard.lungs.lung_findings`: an original image, not one a run preprocessed).
+    ``trained_views`` (e.g. ``("PA",)``), when given, also flags a view outside it, such as AP:
+    the header's, or where the header names none, the one the pixels look like (only for an
+    image no other rule objected to: the view check presumes a frontal chest film; it frames
+    the lungs' box with the lung checks' mask where they ran).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16) or pixels.size == 0:
@@ -131,10 +133,18 @@ def input_warnings(pixels: np.ndarray, info: ImageInfo | None = None, *,
         )
     warnings = header_warnings(info, trained_views=trained_views) if info is not None else []
     warnings += pixel_warnings(pixels, colourfulness=getattr(info, "colourfulness", None))
+    mask = None
+    if lungs:
+        from cxrclf.guard.lungs import lung_findings
+
+        findings = lung_findings(pixels)
+        if findings is not None:
+            warnings += list(findings.reasons)
+            mask = findings.mask
     if trained_views is not None and not warnings and not _field(info, "view_position"):
         from cxrclf.guard.view import pixel_view_warning  # the pixels' view, where the header names none
 
-        looks = pixel_view_warning(pixels, trained_views)
+        looks = pixel_view_warning(pixels, trained_views, mask=mask)
         warnings += [looks] if looks else []
     return warnings
 

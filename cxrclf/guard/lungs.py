@@ -1,8 +1,8 @@
 """Input checks from the lungs: does the image show a frontal chest X-ray, upright, in positive grey levels?
 
 A frontal chest radiograph has two lung fields side by side, of plausible size and shape,
-apices up, darker than the mediastinum between them. The built-in lung segmenter
-(:func:`cxrclf.segment.infer.builtin_segmenter`, trained on Montgomery) finds them; these
+apices up, darker than the mediastinum between them. The built-in lung segmenter (trained on
+Montgomery; run in onnxruntime by :func:`cxrclf.segment.ort.lung_network`) finds them; these
 rules read its mask on the segmenter's own 128-pixel input plane (:func:`describe_pair`), so
 an image that passes with a sure mask costs one pass of the network. An image that fails,
 or passes unsurely, is looked at again turned by 90, 180 and 270 degrees and with its grey
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["INVERTED", "LungPair", "NO_PAIR", "ONE_FIELD", "REASONS", "TURNS", "describe_pair", "lung_warnings", "orientation_reasons"]
+__all__ = ["INVERTED", "LungFindings", "LungPair", "NO_PAIR", "ONE_FIELD", "REASONS", "TURNS", "describe_pair", "lung_findings", "lung_warnings",
+           "orientation_reasons"]
 
 # The figures below are the built-in segmenter's masks of the 514 real frontal radiographs
 # ``benchmarks/lungs.py`` reads (153 Cohen PA, 173 RSNA, the 23 Montgomery patients it never
@@ -153,13 +154,14 @@ def _between(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return both[:, None] & (columns[None, :] > last[:, None]) & (columns[None, :] < first[:, None])
 
 
-def describe_pair(probabilities: np.ndarray, plane: np.ndarray, threshold: float = 0.5) -> LungPair:
-    """The :class:`LungPair` of the segmenter's ``probabilities`` for ``plane`` (both (S, S); plane in [0, 1])."""
+def describe_pair(probabilities: np.ndarray, plane: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> LungPair:
+    """The :class:`LungPair` of the segmenter's ``probabilities`` for ``plane`` (both (S, S); plane in [0, 1]);
+    ``mask``: their mask, where the caller made it already (:func:`~cxrclf.segment.masks.mask_from_probabilities`)."""
     from cxrclf.preprocess.lung import MAX_MEDIASTINUM_COVER, mediastinum
     from cxrclf.segment.masks import mask_from_probabilities
 
     size = plane.shape[0]
-    mask = mask_from_probabilities(probabilities, plane.shape, threshold)
+    mask = mask_from_probabilities(probabilities, plane.shape, threshold) if mask is None else mask
     area = float(mask.mean())
     if not mask.any():
         return LungPair()
@@ -192,51 +194,62 @@ REASONS = (NO_PAIR, ONE_FIELD, INVERTED, *TURNS.values())
 _ALTERNATIVES = ((1, False), (2, False), (3, False), (0, True))   # (quarter turns back, inverted)
 
 
-def orientation_reasons(plane: np.ndarray, segmenter) -> list[str]:
-    """The reasons of :func:`lung_warnings` for an input plane (float32 (S, S) in [0, 1], as ``segmenter_plane`` makes it)."""
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class LungFindings:
+    """What the lung checks found in one image: the reasons (at most one; empty when it passes) and the
+    upright lung mask on the segmenter's input plane (bool (S, S)), which the view check frames its lungs' box with."""
+
+    reasons: tuple[str, ...]
+    mask: np.ndarray
+
+
+def _upright_and_reasons(plane: np.ndarray, segmenter) -> tuple[np.ndarray, list[str]]:
+    """(the upright mask, the reasons) for an input plane."""
+    from cxrclf.segment.masks import mask_from_probabilities
+
     threshold = segmenter.threshold
-    upright = describe_pair(segmenter.plane_probabilities(plane, folded=True), plane, threshold)
+    probabilities = segmenter.plane_probabilities(plane, folded=True)
+    mask = mask_from_probabilities(probabilities, plane.shape, threshold)
+    upright = describe_pair(probabilities, plane, threshold, mask)
     if upright.is_pair and upright.confidence >= SURE_CONFIDENCE:
-        return []
+        return mask, []
     turned = [np.ascontiguousarray(np.rot90(1.0 - plane if inverted else plane, turns)) for turns, inverted in _ALTERNATIVES]
     pairs = [describe_pair(p, t, threshold) for p, t in zip(segmenter.plane_probabilities(np.stack(turned), folded=True), turned)]
     floor = max(TURN_CONFIDENCE, upright.confidence + TURN_MARGIN if upright.is_pair else 0.0)  # an upright pair yields only to a surer one
     candidates = [(pair.confidence, alternative) for pair, alternative in zip(pairs, _ALTERNATIVES) if pair.is_pair and pair.confidence >= floor]
     if candidates:
         turns, inverted = max(candidates, key=lambda c: c[0])[1]
-        return [INVERTED if inverted else TURNS[turns]]
+        return mask, [INVERTED if inverted else TURNS[turns]]
     if upright.is_pair:
-        return []
-    return [ONE_FIELD if upright.is_one_field else NO_PAIR]
+        return mask, []
+    return mask, [ONE_FIELD if upright.is_one_field else NO_PAIR]
+
+
+def orientation_reasons(plane: np.ndarray, segmenter) -> list[str]:
+    """The reasons of :func:`lung_warnings` for an input plane (float32 (S, S) in [0, 1], as
+    :func:`~cxrclf.segment.plane.segmenter_plane` makes it)."""
+    return _upright_and_reasons(plane, segmenter)[1]
+
+
+def lung_findings(pixels: np.ndarray, segmenter=None) -> LungFindings | None:
+    """The lung checks on ``pixels`` (a decoded image, any size and dtype ``read_image`` gives), with the upright mask.
+
+    ``segmenter``: anything with ``input_size``, ``threshold`` and ``plane_probabilities``
+    (default: :func:`cxrclf.segment.ort.lung_network`, the built-in segmenter in onnxruntime,
+    or in PyTorch where onnxruntime is missing). None where neither is installed: no lung check.
+    """
+    from cxrclf.segment.ort import lung_network
+    from cxrclf.segment.plane import lung_plane
+
+    segmenter = segmenter or lung_network()
+    if segmenter is None:
+        return None
+    mask, reasons = _upright_and_reasons(lung_plane(pixels, segmenter.input_size), segmenter)
+    return LungFindings(tuple(reasons), mask)
 
 
 def lung_warnings(pixels: np.ndarray, segmenter=None) -> list[str]:
-    """Why ``pixels`` (a decoded image, any size and dtype ``read_image`` gives) is no upright, positive frontal chest X-ray; empty when it is.
-
-    ``segmenter``: a :class:`~cxrclf.segment.infer.Segmenter` (default: the built-in, loaded
-    once per process). Without PyTorch (an onnxruntime-only environment) there is no
-    segmenter and no lung check: the list is empty.
-    """
-    try:
-        from cxrclf.segment.infer import builtin_segmenter
-        from cxrclf.segment.model import segmenter_plane
-    except ImportError:
-        return []
-
-    segmenter = segmenter or builtin_segmenter()
-    return orientation_reasons(segmenter_plane(_shrunk(pixels, segmenter.input_size), segmenter.input_size), segmenter)
-
-
-def _shrunk(pixels: np.ndarray, size: int) -> np.ndarray:
-    """``pixels`` resized to ``size`` x ``size`` in their own integer type, as ``segmenter_plane`` would resize them in float.
-
-    A 3000-pixel film turned into float32 before shrinking costs more than the network
-    (docs/performance.md, "Lung-based input checks"); shrunk first, the plane differs by the
-    rounding of the averaged grey levels (at most half a level), which the checks cannot see.
-    """
-    import cv2
-
-    pixels = np.asarray(pixels)
-    if pixels.dtype not in (np.uint8, np.uint16) or max(pixels.shape[:2]) <= size or pixels.ndim not in (2, 3):
-        return pixels
-    return cv2.resize(np.ascontiguousarray(pixels[..., :3] if pixels.ndim == 3 else pixels), (size, size), interpolation=cv2.INTER_AREA)
+    """Why ``pixels`` (a decoded image, any size and dtype ``read_image`` gives) is no upright, positive frontal chest X-ray;
+    empty when it is, or when there is no segmenter to look (:func:`lung_findings`)."""
+    findings = lung_findings(pixels, segmenter)
+    return [] if findings is None else list(findings.reasons)

@@ -16,9 +16,9 @@ whatever the canvas around it, and shows at a higher resolution what separates t
 inside it: scapulae over the lung fields, a wider heart and mediastinum, clavicles higher and
 flatter, electrodes and lines. The model: a logistic regression on the standardised
 features, classes weighted to balance (its probability reads as if AP and PA were equally
-common), flagged at 0.5. It costs one pass of the segmenter (the lung checks run the same
-network on the same plane) and two HOGs; where PyTorch is missing (an onnxruntime-only
-install) there is no segmenter, and the check does not run, like the lung checks.
+common), flagged at 0.5. It costs two HOGs: the lungs' box comes from the upright mask that the lung
+checks made of the same plane (:func:`cxrclf.guard.checks.input_warnings` hands it over;
+called alone, the check runs the segmenter itself).
 
 Chosen by ``benchmarks/views.py --compare`` among thumbnails, HOG of the whole image at 64
 to 128 px, the lung mask's geometry, the segmenter encoder's pooled features and the pooled
@@ -106,34 +106,40 @@ def lung_crop(pixels: np.ndarray, mask: np.ndarray, margin: float = LUNG_MARGIN)
 
 
 def lung_mask(pixels: np.ndarray, segmenter) -> np.ndarray:
-    """``segmenter``'s lung mask of ``pixels`` on its square input plane (bool (S, S)), the plane made as the lung checks make it."""
-    import cv2
-
+    """``segmenter``'s lung mask of ``pixels`` on its square input plane (bool (S, S)): the upright mask the lung checks make
+    (:attr:`cxrclf.guard.lungs.LungFindings.mask`), for an image they did not look at."""
     from cxrclf.segment.masks import mask_from_probabilities
-    from cxrclf.segment.model import segmenter_plane
+    from cxrclf.segment.plane import lung_plane
 
-    size, pixels = segmenter.input_size, np.asarray(pixels)
-    if pixels.dtype in (np.uint8, np.uint16) and max(pixels.shape) > size:  # shrunk in its own integer type: a float copy of a film costs more
-        pixels = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
-    probabilities = segmenter.plane_probabilities(segmenter_plane(pixels, size), folded=True)
+    probabilities = segmenter.plane_probabilities(lung_plane(pixels, segmenter.input_size), folded=True)
     return mask_from_probabilities(probabilities, probabilities.shape, segmenter.threshold)
 
 
-def check_features(pixels: np.ndarray, lung_margin: float | None = LUNG_MARGIN, segmenter=None, **hog_settings) -> np.ndarray:
+def check_features(pixels: np.ndarray, lung_margin: float | None = LUNG_MARGIN, segmenter=None, mask: np.ndarray | None = None,
+                   **hog_settings) -> np.ndarray:
     """The view check's features of a decoded grey image: :func:`view_features` of the whole image, then of its lungs' box.
 
-    ``lung_margin`` None: the whole image only (a version-1 check). ``segmenter``: a
-    :class:`~cxrclf.segment.infer.Segmenter` (default: the built-in, loaded once per process).
-    ``hog_settings``: :func:`view_features`'s ``side``, ``cell``, ``orientations`` and ``block``.
+    ``lung_margin`` None: the whole image only (a version-1 check). ``segmenter``: what finds
+    the lungs (default: :func:`cxrclf.segment.ort.lung_network`, the built-in segmenter, loaded
+    once per process); ``mask``: its upright mask of this image where the lung checks made it
+    already (then no network runs). ``hog_settings``: :func:`view_features`'s ``side``,
+    ``cell``, ``orientations`` and ``block``.
     """
     whole = view_features(pixels, **hog_settings)
     if lung_margin is None:
         return whole
-    if segmenter is None:
-        from cxrclf.segment.infer import builtin_segmenter
+    if mask is None:
+        mask = lung_mask(pixels, segmenter or _lung_network())
+    return np.concatenate([whole, view_features(lung_crop(pixels, mask, lung_margin), **hog_settings)])
 
-        segmenter = builtin_segmenter()
-    return np.concatenate([whole, view_features(lung_crop(pixels, lung_mask(pixels, segmenter), lung_margin), **hog_settings)])
+
+def _lung_network():
+    from cxrclf.segment.ort import lung_network
+
+    network = lung_network()
+    if network is None:
+        raise CxrclfError("the view check needs the built-in lung segmenter: install onnxruntime or PyTorch", BUILTIN_FOLDER / WEIGHTS)
+    return network
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
@@ -153,18 +159,17 @@ class ViewCheck:
     lung_margin: float | None = None  # None: the whole image only
     segmenter_sha256: str = ""  # the weights whose masks it was fitted on ("": not held against the segmenter)
 
-    def features(self, pixels: np.ndarray, segmenter=None) -> np.ndarray:
-        """:func:`check_features` with this check's settings; refused when ``segmenter`` (default: the built-in) is not the one it was fitted with."""
+    def features(self, pixels: np.ndarray, segmenter=None, mask: np.ndarray | None = None) -> np.ndarray:
+        """:func:`check_features` with this check's settings; refused when ``segmenter`` (default: the built-in, whose
+        upright ``mask`` of the image may be handed in) is not the one it was fitted with."""
         if self.lung_margin is not None:
-            if segmenter is None:
-                from cxrclf.segment.infer import builtin_segmenter
-
-                segmenter = builtin_segmenter()
+            segmenter = segmenter or _lung_network()
             if self.segmenter_sha256 and segmenter.sha256 != self.segmenter_sha256:
                 raise CxrclfError(f"the view check was fitted on the masks of another lung segmenter (sha256 {self.segmenter_sha256[:12]}..., "
                                   f"this one {segmenter.sha256[:12]}...): reinstall cxrclf, or fit it again with benchmarks/views.py --ship",
                                   BUILTIN_FOLDER / WEIGHTS)
-        return check_features(pixels, self.lung_margin, segmenter, side=self.side, cell=self.cell, orientations=self.orientations, block=self.block)
+        return check_features(pixels, self.lung_margin, segmenter, mask, side=self.side, cell=self.cell, orientations=self.orientations,
+                              block=self.block)
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """P(AP) for features (N, F) or (F,); the same numbers as the fitted scikit-learn pipeline."""
@@ -172,9 +177,9 @@ class ViewCheck:
         logit = ((features - self.mean) / self.scale) @ self.coef + self.intercept
         return np.exp(-np.logaddexp(0.0, -logit))  # the logistic function, without overflow far from the boundary
 
-    def probability_ap(self, pixels: np.ndarray, segmenter=None) -> float:
-        """P(AP) of one decoded image."""
-        return float(self.probability(self.features(pixels, segmenter)))
+    def probability_ap(self, pixels: np.ndarray, segmenter=None, mask: np.ndarray | None = None) -> float:
+        """P(AP) of one decoded image (``segmenter`` and ``mask``: as :meth:`features`)."""
+        return float(self.probability(self.features(pixels, segmenter, mask)))
 
     def save(self, path: str | Path) -> Path:
         """Write a ``.safetensors`` file atomically."""
@@ -256,29 +261,30 @@ def builtin_view_check() -> ViewCheck:
     return load_view_check(BUILTIN_FOLDER / WEIGHTS)
 
 
-def _torch_installed() -> bool:
-    """Whether PyTorch imports here (the lungs' box needs the segmenter; an onnxruntime-only install has none)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _no_lung_network() -> bool:
+    """Whether there is no segmenter to frame the lungs' box (neither onnxruntime nor PyTorch installed)."""
+    from cxrclf.segment.ort import lung_network
+
+    return lung_network() is None
 
 
-def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check: ViewCheck | None = None) -> str | None:
+def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check: ViewCheck | None = None,
+                       mask: np.ndarray | None = None) -> str | None:
     """The warning "looks like an AP film (0.93); this run saw PA films only", or None when the film looks like a view the run saw.
 
     ``trained_views`` are the run's views (:attr:`cxrclf.runs.DataSpec.trained_views`); a run
-    that saw both AP and PA films needs no check, and none is computed. Without PyTorch a
-    check that reads the lungs' box cannot run: None.
+    that saw both AP and PA films needs no check, and none is computed. ``mask``: the lung
+    checks' upright mask of the image (:attr:`cxrclf.guard.lungs.LungFindings.mask`), which
+    spares the segmenter's pass. With no segmenter installed a check that reads the lungs'
+    box cannot run: None.
     """
     families = view_families(trained_views)
     if {"AP", "PA"} <= set(families):
         return None
     check = builtin_view_check() if check is None else check
-    if check.lung_margin is not None and not _torch_installed():
-        return None  # an onnxruntime-only install has no segmenter, hence no lungs' box: no check, as no lung checks
-    probability = check.probability_ap(pixels)
+    if check.lung_margin is not None and mask is None and _no_lung_network():
+        return None  # no segmenter, hence no lungs' box: no check, as no lung checks
+    probability = check.probability_ap(pixels, mask=mask)
     looks, confidence = ("AP", probability) if probability >= check.threshold else ("PA", 1.0 - probability)
     if looks in families or not math.isfinite(confidence):
         return None

@@ -21,7 +21,8 @@ from cxrclf.data import imageio
 from cxrclf.errors import CxrclfError
 from cxrclf.preprocess.lung import lung_problem
 from cxrclf.segment.masks import encode_mask, encode_overlay, mask_from_probabilities, overlay
-from cxrclf.segment.model import inference_copy, segmenter_plane
+from cxrclf.segment.model import inference_copy
+from cxrclf.segment.plane import segmenter_plane
 from cxrclf.segment.run import SegmentRun
 from cxrclf.threads import torch_threads
 

@@ -7,9 +7,9 @@ feature pyramid: at each level it upsamples, concatenates the encoder's map of t
 resolution and applies two 3x3 convolutions with BatchNorm and ReLU; a last block at full
 resolution gives one logit per pixel (lung or not).
 
-The network's input is :func:`segmenter_plane`: the grey image resized to the input side
-and stretched between its 1st and 99th percentiles, so radiographs windowed differently
-(DICOM, PNG figures, 16-bit) look alike to it.
+The network's input is :func:`cxrclf.segment.plane.segmenter_plane`: the grey image resized
+to the input side and stretched between its 1st and 99th percentiles, so radiographs
+windowed differently (DICOM, PNG figures, 16-bit) look alike to it.
 """
 
 from __future__ import annotations
@@ -22,29 +22,10 @@ from torch import nn
 from cxrclf.errors import CxrclfError
 from cxrclf.segment.run import DEFAULT_ENCODER
 
-__all__ = ["DECODER_CHANNELS", "LungUNet", "build_segmenter", "inference_copy", "segmenter_plane"]
+__all__ = ["DECODER_CHANNELS", "LungUNet", "build_segmenter", "inference_copy"]
 
 # Channels of the decoder blocks, deepest first: one block per encoder level below the deepest.
 DECODER_CHANNELS = (48, 32, 24, 16)
-STRETCH_PERCENTILES = (1.0, 99.0)
-
-
-def segmenter_plane(image: np.ndarray, size: int) -> np.ndarray:
-    """A decoded X-ray (2-D or (H, W, C), any dtype the pipeline accepts) -> float32 (size, size) in [0, 1]."""
-    import cv2
-
-    from cxrclf.preprocess.tv import as_unit_float32
-
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = image[..., :3].mean(axis=2).astype(np.float32) / (np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0)
-    unit = as_unit_float32(image)
-    shrinking = unit.shape[0] > size or unit.shape[1] > size
-    small = cv2.resize(unit, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    low, high = np.percentile(small, STRETCH_PERCENTILES)
-    if high - low < 1e-6:
-        return np.zeros_like(small)
-    return np.clip((small - np.float32(low)) * np.float32(1.0 / (high - low)), 0.0, 1.0)
 
 
 class _ConvBlock(nn.Sequential):

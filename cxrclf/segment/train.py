@@ -33,7 +33,8 @@ from cxrclf.fit import Progress, Validation
 from cxrclf.runs import Execution, Status
 from cxrclf.segment.data import MaskPair, find_pairs, read_pair, split_patients, table_sha256
 from cxrclf.segment.masks import dice, iou, mask_from_probabilities
-from cxrclf.segment.model import DECODER_CHANNELS, build_segmenter, segmenter_plane
+from cxrclf.segment.model import DECODER_CHANNELS, build_segmenter
+from cxrclf.segment.plane import segmenter_plane
 from cxrclf.segment.run import (DEFAULT_ENCODER, DEFAULT_INPUT_SIZE, DEFAULT_RUN, KIND, SegmentConfig, SegmentData, SegmentOutcome, SegmentRun,
                                 SegmentTraining, SegmenterSpec)
 from cxrclf.threads import use_threads

@@ -116,3 +116,27 @@ def test_real_radiographs_pass_and_laterals_ct_and_turned_films_are_flagged(shar
     assert sum(bool(w) for w in laterals) >= 7  # measured: 8 of 8 (docs/performance.md)
     slices = [lung_warnings(read_image(p)) for p in _cohen(shared_data, "Axial", "CT", count=4)]
     assert slices and all(slices)
+
+
+def test_without_a_segmenter_there_is_no_lung_check(monkeypatch):
+    import os
+
+    from cxrclf.guard.lungs import lung_findings
+    from cxrclf.segment import ort
+
+    turned = np.ascontiguousarray(np.rot90(_phantom("normal", 3, 128)))
+    monkeypatch.setattr(ort, "_NETWORKS", {os.getpid(): None})  # neither onnxruntime nor PyTorch installed
+    assert lung_findings(turned) is None and lung_warnings(turned) == []
+
+
+def test_the_checks_read_the_same_in_onnxruntime_and_pytorch():
+    from cxrclf.guard.lungs import lung_findings
+    from cxrclf.segment.infer import builtin_segmenter
+    from cxrclf.segment.ort import OnnxLungNetwork, lung_network
+
+    assert isinstance(lung_network(), OnnxLungNetwork)
+    for finding in FINDINGS:
+        image = _phantom(finding, 5, 256)
+        for variant in (image, np.ascontiguousarray(np.rot90(image)), 255 - image):
+            fast, torch_ = lung_findings(variant), lung_findings(variant, builtin_segmenter())
+            assert fast.reasons == torch_.reasons and np.array_equal(fast.mask, torch_.mask)

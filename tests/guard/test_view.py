@@ -175,10 +175,36 @@ def test_a_check_refuses_the_masks_of_another_segmenter():
     assert check("b" * 64).probability_ap(pixels, _KnownMask()) == pytest.approx(1 / (1 + np.exp(-1.0)))
 
 
-def test_without_pytorch_a_check_on_the_lungs_box_does_not_run(phantom, monkeypatch):
+def test_the_lung_checks_mask_frames_the_box_without_another_pass():
+    pixels = np.random.default_rng(3).integers(0, 4096, (512, 384), dtype=np.uint16)
+    segmenter = _KnownMask()
+    features = check_features(pixels, LUNG_MARGIN, segmenter)
+    mask = np.zeros((128, 128), bool)
+    mask[32:96, 16:48] = mask[40:90, 80:112] = True
+    assert np.array_equal(check_features(pixels, LUNG_MARGIN, segmenter, mask), features) and len(segmenter.planes) == 1
+    other = np.zeros((128, 128), bool)
+    other[10:20, 10:20] = True  # the mask handed in is the one used
+    assert not np.array_equal(check_features(pixels, LUNG_MARGIN, segmenter, other), features) and len(segmenter.planes) == 1
+
+
+def test_input_warnings_hand_the_lung_checks_mask_to_the_view_check(phantom, monkeypatch):
+    import cxrclf.guard.view as view
+    from cxrclf.guard.lungs import TURNS, lung_findings
+
+    handed = []
+    monkeypatch.setattr(view, "pixel_view_warning", lambda pixels, views, check=None, mask=None: handed.append(mask))
+    assert input_warnings(phantom, None, trained_views=("PA",), lungs=True) == []
+    (mask,) = handed
+    assert mask is not None and np.array_equal(mask, lung_findings(phantom).mask) and mask.shape == (128, 128) and mask.mean() > 0.1
+    turned = np.ascontiguousarray(np.rot90(phantom))
+    assert input_warnings(turned, None, trained_views=("PA",), lungs=True) == [TURNS[3]] and len(handed) == 1  # flagged: no view check
+    assert input_warnings(phantom, None, trained_views=("PA",)) == [] and handed[-1] is None  # no lung checks: the view check finds its own
+
+
+def test_without_a_segmenter_a_check_on_the_lungs_box_does_not_run(phantom, monkeypatch):
     import cxrclf.guard.view as view
 
-    monkeypatch.setattr(view, "_torch_installed", lambda: False)
+    monkeypatch.setattr(view, "_no_lung_network", lambda: True)
     needs_lungs = ViewCheck(mean=np.zeros(3528), scale=np.ones(3528), coef=np.zeros(3528), intercept=3.0, lung_margin=LUNG_MARGIN)
     assert pixel_view_warning(phantom, ("PA",), needs_lungs) is None
     whole_image = ViewCheck(mean=np.zeros(1764), scale=np.ones(1764), coef=np.zeros(1764), intercept=3.0)
