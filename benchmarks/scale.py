@@ -110,8 +110,10 @@ def sources_child(work: Path, images: int) -> dict:
 
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    synthetic.write_nih(work / "nih", {NORMAL: images // 2, OTHER_PNEUMONIA: images - images // 2}, rng, size=128)
-    synthetic.write_cohen(work / "cohen", {COVID19: max(8, images // 10)}, rng, size=128, extras=False)
+    # distinct: each phantom under its own exposure, so that near-duplicates are as rare as among real films (alike phantoms
+    # make the search's output, and fuse's time per image, grow with the square of their number)
+    synthetic.write_nih(work / "nih", {NORMAL: images // 2, OTHER_PNEUMONIA: images - images // 2}, rng, size=128, distinct=True)
+    synthetic.write_cohen(work / "cohen", {COVID19: max(8, images // 10)}, rng, size=128, extras=False, distinct=True)
     return {"stage": "write sources", "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
 
 
@@ -215,14 +217,22 @@ def ddp(images: int, work_root: Path) -> list[dict]:
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak = peak_cache = 0
+        per_process: dict[int, int] = {}  # each process's own peak PSS: the launcher (torchrun) and every rank
         while process.poll() is None:
-            sizes = [_pss_kib(pid, "/cache/64px-") for pid in _tree(process.pid)]
+            pids = _tree(process.pid)
+            sizes = [_pss_kib(pid, "/cache/64px-") for pid in pids]
             total, cached = sum(s[0] for s in sizes), sum(s[1] for s in sizes)
             peak, peak_cache = max(peak, total), max(peak_cache, cached)
+            for pid, (own, _) in zip(pids, sizes):
+                per_process[pid] = max(per_process.get(pid, 0), own)
             time.sleep(0.2)
         if process.returncode:
             raise SystemExit(f"torchrun failed:\n{process.stderr.read()[-3000:]}")
+        launcher = per_process.pop(process.pid, 0)
+        # the ranks are the processes that held memory of their own (torchrun's helpers, if any, stay under 100 MiB)
+        rank_peaks = sorted((kib for kib in per_process.values() if kib > 100 * 1024), reverse=True)
         rows.append({"ranks": ranks, "images": images, "seconds": round(time.perf_counter() - start, 1), "peak_pss_mib": round(peak / 1024, 1),
+                     "launcher_peak_pss_mib": round(launcher / 1024, 1), "rank_peak_pss_mib": [round(k / 1024, 1) for k in rank_peaks],
                      "peak_cache_pss_mib": round(peak_cache / 1024, 1),
                      "cache_file_mib": round(sum(p.stat().st_size for p in (work / "cache").glob("64px-*.u8")) / 2**20, 1), "uptime": _uptime()})
         print(json.dumps(rows[-1]), file=sys.stderr)

@@ -178,6 +178,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- layouts
 
 
+# Grey levels by which one phantom's exposure may vary across the film (the standard deviation of a smooth field).
+# Phantoms are alike: 1,500 of them put 1,265 pairs within fuse's near-duplicate distance of 24 bits, so that the
+# near-duplicate search's output grows with the square of their number; with this exposure, 2 pairs (real radiographs
+# lie at least 50 bits apart, docs/validity.md). Measured on 2026-12-07 (no script kept).
+EXPOSURE_SPREAD = 30.0
+
+
+def exposed(image: np.ndarray, rng: np.random.Generator, spread: float = EXPOSURE_SPREAD) -> np.ndarray:
+    """A uint8 grey ``image`` under its own exposure: a smooth random field (6 x 6 normal values, bicubic) of ``spread`` grey levels added."""
+    import cv2
+
+    field = cv2.resize(rng.normal(0.0, 1.0, (6, 6)).astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
+    return np.clip(image.astype(np.float32) + np.float32(spread) * field, 0, 255).astype(np.uint8)
+
+
 def _png(path: Path, image: np.ndarray) -> None:
     from cxrclf.data.imageio import encode_png
 
@@ -273,11 +288,13 @@ _COHEN_FINDINGS["early"] = _COHEN_FINDINGS["mid2020"]
 
 
 def write_cohen(folder: Path, counts: dict[str, int], rng: np.random.Generator, schema: str = "mid2020", size: int = 256,
-                images_per_patient: int = 2, extras: bool = True) -> list[dict]:
+                images_per_patient: int = 2, extras: bool = True, distinct: bool = False) -> list[dict]:
     """Cohen layout: ``metadata.csv`` + ``images/``. ``counts`` are PA X-rays per finding.
 
     With ``extras``, also writes what the real file has: lateral and AP views, a CT row, a
-    ``todo`` row, an RGB JPEG. Returns the metadata rows written.
+    ``todo`` row, an RGB JPEG. ``distinct``: every X-ray gets its own exposure
+    (:func:`exposed`), so that thousands of phantoms are as far apart as real films. Returns the
+    metadata rows written.
     """
     folder = Path(folder)
     rows: list[dict] = []
@@ -289,10 +306,11 @@ def write_cohen(folder: Path, counts: dict[str, int], rng: np.random.Generator, 
             for shot in range(min(images_per_patient, left)):
                 name = f"{patient}-{shot}.{'jpg' if shot % 2 else 'png'}"
                 sample = phantom(finding, rng, size)
+                pixels = exposed(to_uint8(sample.image), rng) if distinct else to_uint8(sample.image)
                 if name.endswith("jpg"):
-                    _jpeg(folder / "images" / name, to_uint8(sample.image), rgb=shot == 1)
+                    _jpeg(folder / "images" / name, pixels, rgb=shot == 1)
                 else:
-                    _png(folder / "images" / name, to_uint8(sample.image))
+                    _png(folder / "images" / name, pixels)
                 text = rng.choice(_COHEN_FINDINGS[schema][finding])
                 rows.append({"patientid": str(patient), "finding": text, "view": "PA", "modality": "X-ray", "filename": name, "sex": rng.choice(["M", "F"]), "age": str(int(rng.integers(20, 90)))})
                 left -= 1
@@ -400,14 +418,15 @@ _NIH_OTHER = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Nodule
 
 
 def write_nih(folder: Path, counts: dict[str, int], rng: np.random.Generator, size: int = 256, other: int = 0, ap: int = 0,
-              images_per_patient: int = 3, archives: int = 0) -> list[dict[str, str]]:
+              images_per_patient: int = 3, archives: int = 0, distinct: bool = False) -> list[dict[str, str]]:
     """NIH ChestX-ray14 layout: ``Data_Entry_2017.csv`` + ``images/*.png`` (with ``archives``,
     ``images_001/images/`` ... as the official archives unpack). Returns the CSV rows.
 
     ``counts`` are PA images for ``normal`` ("No Finding") and ``other_pneumonia``
     ("Pneumonia", alone or joined with other findings as NIH does); ``other`` images list
     findings without pneumonia and ``ap`` images are AP. Patients have one to
-    ``images_per_patient`` follow-ups, numbered as NIH numbers them.
+    ``images_per_patient`` follow-ups, numbered as NIH numbers them. ``distinct``: as
+    :func:`write_cohen`'s.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -422,7 +441,8 @@ def write_nih(folder: Path, counts: dict[str, int], rng: np.random.Generator, si
         labels = {NORMAL: ["No Finding"], OTHER_PNEUMONIA: sorted(extra + ["Pneumonia"]), "other": sorted(extra or ["Effusion"])}[finding]
         name = f"{patient:08d}_{follow_up:03d}.png"
         archive = f"images_{index * archives // len(plan) + 1:03d}/images" if archives else "images"
-        _png(folder / archive / name, to_uint8(phantom(OTHER_PNEUMONIA if finding == "other" else finding, rng, size).image))
+        pixels = to_uint8(phantom(OTHER_PNEUMONIA if finding == "other" else finding, rng, size).image)
+        _png(folder / archive / name, exposed(pixels, rng) if distinct else pixels)
         rows.append(dict(zip(NIH_HEADER, [name, "|".join(labels), str(follow_up), str(patient), str(int(rng.integers(20, 90))),
                                           str(rng.choice(["M", "F"])), view, "2500", "2048", "0.168", "0.168"])))
         follow_up, remaining = follow_up + 1, remaining - 1

@@ -91,3 +91,22 @@ def test_plan_prefers_brute_force_for_few_hashes_and_large_distances():
     assert hamming.plan(50, 24) == 0
     assert hamming.plan(1_000_000, 24) >= 11
     assert hamming.plan(2_000, 200) == 0
+
+
+def test_uneven_bits_are_dealt_evenly_to_the_chunks_and_the_answer_stays_brute_forces():
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2, size=(600, 256), dtype=np.uint8)
+    bits[:, :120] = 0                    # 120 bits that never change, as alike images leave some of a hash's bits
+    bits[:, 120:140] = bits[:, 140:160]  # and 20 that repeat others
+    bits[:, :120][rng.random((600, 120)) < 0.02] ^= 1  # ... almost
+    words = hamming.hash_words(_hex(bits))
+    for chunks in (13, 25):
+        order = hamming.bit_order(words, chunks)
+        assert sorted(order.tolist()) == list(range(256))
+        ones = np.unpackbits(words.astype(">u8").view(np.uint8).reshape(-1, 32), axis=1).mean(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = np.nan_to_num(-(ones * np.log2(ones) + (1 - ones) * np.log2(1 - ones)))
+        shares = [entropy[order[low:high]].sum() for low, high in hamming._chunk_bounds(chunks)]
+        assert max(shares) - min(shares) <= 1.0, shares  # each chunk about the same entropy (a random shuffle: several bits apart)
+        assert np.array_equal(hamming.multi_index_pairs(words, 24, chunks), hamming.brute_force_pairs(words, 24))
+    assert np.array_equal(hamming.bit_order(words, 13), hamming.bit_order(words, 13))  # the same hashes, the same order
