@@ -19,6 +19,10 @@ and seed, through the commands a user runs (``cxrclf preprocess``, ``train``, ``
   other pneumonia; RSNA pneumonia against normal; Montgomery TB against normal);
 - the pooled COVID-19 AUC beside the AUC of a score that knows only the archive;
 - the source probe's balanced accuracy on the test images' features (chance: 1 / sources);
+- with ``--cv``, the within-source AUCs by cross-validation as well: ``train --cv`` (one run per
+  fold of the fused folder's train and val, Shenzhen excluded), every fold's run evaluated on
+  its own validation fold, and the out-of-fold predictions pooled, so that every training
+  image is scored once by a run that did not fit it (more images than the test split holds);
 - CPU minutes (user + system of the commands' processes) of preprocessing (once per
   preprocessing, shared by the seeds) and of training.
 
@@ -157,6 +161,50 @@ def measure(commands: Commands, run: Path, shenzhen: list[Path], work: Path, boo
     return row
 
 
+def cv_run(commands: Commands, prepared: Path, arm: Arm, seed: int, args) -> tuple[Path, float]:
+    """The arm's cross-validation parent for ``seed`` (``train --cv``: one run per fold of the fused folder's train and val,
+    reused when every fold finished with the same epochs) and its training's CPU seconds."""
+    parent = args.work / "runs" / f"{arm_label(arm, args.unlearn_weight)}-{args.size}px-seed{seed}-cv"
+    record = parent.with_name(parent.name + ".cpu.json")
+    folds = sorted(parent.glob("fold-*/config.json"))
+    if record.is_file() and (parent / "cv_summary.json").is_file() and folds and all(
+            json.loads(f.read_text()).get("status") == "finished" and json.loads(f.read_text())["training"]["epochs"] == args.epochs for f in folds):
+        return parent, json.loads(record.read_text())["cpu_seconds"]
+    options = ["--unlearn-source", args.unlearn_weight] if "unlearn" in arm.levers else []
+    _, seconds = commands.run(f"train-{parent.name}", "train", "--data", prepared, "--out", parent, "--cv", "--model", args.model, "--strategy", "oversample",
+                              "--classes", 4, "--epochs", args.epochs, "--patience", args.patience, "--seed", seed, "--select-by", "auc",
+                              "--image-size", args.size, "--exclude-source", EXCLUDED, "--threads", commands.threads, "--device", commands.device,
+                              *(["--overwrite"] if parent.exists() else []), *options)
+    record.write_text(json.dumps({"cpu_seconds": seconds}))
+    return parent, seconds
+
+
+def measure_cv(commands: Commands, parent: Path, work: Path, bootstrap: int) -> dict:
+    """Within-source AUCs by cross-validation: every fold's run evaluated on its own validation fold (``evaluate --split val``),
+    the out-of-fold predictions pooled (each training image once, by a run that did not fit it), with patient-bootstrap intervals."""
+    import pandas as pd
+
+    from cxrclf.evaluate.shortcut import within_source_aucs
+
+    frames, class_names = [], None
+    for fold in sorted(parent.glob("fold-*"), key=lambda p: int(p.name.split("-")[1])):
+        out = work / "evaluations" / f"{parent.name}-{fold.name}"
+        evaluated, _ = commands.run(f"evaluate-{parent.name}-{fold.name}", "evaluate", fold, "--split", "val", "--bootstrap", 0, "--out", out,
+                                    "--overwrite", "--json", "--workers", commands.workers, "--threads", commands.threads, "--device", commands.device)
+        class_names = class_names or json.loads(evaluated)["classes"]
+        frames.append(pd.read_csv(out / "predictions.csv"))
+    pooled = pd.concat(frames, ignore_index=True)
+    pooled = pooled[pooled["source"] != EXCLUDED]  # evaluate scores the excluded source's validation images too: not training images
+    found = within_source_aucs(pooled, class_names, bootstrap, seed=0)
+    within = {(row["source"], row["class"]): row for row in found}
+    row = {"CV images": len(pooled), "CV folds": len(frames)}
+    for source, name, label in WITHIN:
+        got = within.get((source, name), {})
+        row[f"{label} (CV)"] = _number(got.get("auc"))
+        row[f"{label} (CV) interval"] = [_number(got.get("ci_low")), _number(got.get("ci_high"))]
+    return row
+
+
 def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -174,7 +222,7 @@ def goals(rows: list[dict]) -> dict[str, dict]:
         if "paper" in means and arm != "paper":
             paper = means["paper"]
             calls = all(r["Shenzhen called COVID-19"] <= GOAL_CALLS for r in by_arm[arm])
-            aucs = all(mean[label] >= paper[label] - GOAL_AUC_DROP for _, _, label in WITHIN)
+            aucs = all(mean[key] >= paper[key] - GOAL_AUC_DROP for _, _, label in WITHIN for key in (label, f"{label} (CV)") if key in mean)
             probe = mean["source probe"] <= paper["source probe"] - GOAL_PROBE_DROP
             verdict = {"Shenzhen calls at most 5 on every seed": calls, "within-source AUCs within 0.02 of the paper's": aucs,
                        "source probe at least 0.2 lower": probe, "met": calls and aucs and probe}
@@ -184,6 +232,7 @@ def goals(rows: list[dict]) -> dict[str, dict]:
 
 COLUMNS = ("Shenzhen called COVID-19", *(label for _, _, label in WITHIN), "pooled COVID-19 AUC", "source-only COVID-19 AUC", "source probe",
            "preprocess CPU min", "train CPU min")
+CV_COLUMNS = (*(f"{label} (CV)" for _, _, label in WITHIN), "CV images", "CV train CPU min")
 
 
 def markdown(rows: list[dict], summary: dict, args) -> str:
@@ -201,11 +250,21 @@ def markdown(rows: list[dict], summary: dict, args) -> str:
         return cell(key, row[key]) + (f" [{low:.2f}, {high:.2f}]" if low == low and high == high else "")
 
     lines += [f"| {r['arm']} | {r['seed']} | " + " | ".join(with_interval(r, k) for k in COLUMNS) + " |" for r in rows]
+    cv_rows = [r for r in rows if "CV images" in r]
+    if cv_rows:
+        lines += ["", f"Within-source AUCs by cross-validation ({cv_rows[0]['CV folds']} folds of train and val, out-of-fold predictions pooled, "
+                  "95% patient-bootstrap intervals):", "", "| arm | seed | " + " | ".join(CV_COLUMNS) + " |", "|---" * (len(CV_COLUMNS) + 2) + "|"]
+        lines += [f"| {r['arm']} | {r['seed']} | " + " | ".join(f"{r[k]:g}" if k == "CV images" else with_interval(r, k) for k in CV_COLUMNS) + " |"
+                  for r in cv_rows]
     lines += ["", "| arm (mean over seeds) | " + " | ".join(COLUMNS) + " | goal |", "|---" * (len(COLUMNS) + 2) + "|"]
     for arm, found in summary.items():
         goal = "n/a (the baseline)" if arm == "paper" else "n/a (no paper arm)" if found["goal"] is None else (
             "**met**" if found["goal"]["met"] else "not met: " + ", ".join(k for k, v in found["goal"].items() if k != "met" and not v))
         lines.append(f"| {arm} | " + " | ".join(cell(k, found["mean"][k]) for k in COLUMNS) + f" | {goal} |")
+    if cv_rows:
+        columns = [f"{label} (CV)" for _, _, label in WITHIN]
+        lines += ["", "| arm (mean over seeds) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {arm} | " + " | ".join(cell(k, found["mean"].get(k, float("nan"))) for k in columns) + " |" for arm, found in summary.items()]
     return "\n".join(lines)
 
 
@@ -225,6 +284,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of training, evaluation and prediction")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bootstrap", type=int, default=1000, help="evaluate's patient bootstrap draws: intervals for the within-source AUCs")
+    parser.add_argument("--cv", action="store_true", help="also within-source AUCs by cross-validation: train --cv per arm and seed, "
+                        "each fold evaluated on its validation fold")
     parser.add_argument("--merge", type=Path, nargs="+", help="print one table from earlier --json outputs (for example one per seed) and stop")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
@@ -253,8 +314,12 @@ def main() -> None:
         for seed in args.seeds:
             print(f"{arm.name} seed {seed}", file=sys.stderr)
             run, train_seconds = trained_run(commands, prepared, arm, seed, args)
-            rows.append({"arm": arm_label(arm, args.unlearn_weight), "seed": seed, **measure(commands, run, shenzhen, args.work, args.bootstrap),
-                         "preprocess CPU min": preprocess_seconds / 60, "train CPU min": train_seconds / 60})
+            row = {"arm": arm_label(arm, args.unlearn_weight), "seed": seed, **measure(commands, run, shenzhen, args.work, args.bootstrap),
+                   "preprocess CPU min": preprocess_seconds / 60, "train CPU min": train_seconds / 60}
+            if args.cv:
+                parent, cv_seconds = cv_run(commands, prepared, arm, seed, args)
+                row |= measure_cv(commands, parent, args.work, args.bootstrap) | {"CV train CPU min": cv_seconds / 60}
+            rows.append(row)
     summary = goals(rows)
     if args.json:
         from cxrclf import io
