@@ -16,6 +16,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from cxrclf import __version__, io
@@ -179,14 +180,20 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
         decoded = map_images(_decode_one, tasks, options.workers, progress)
         kept, unreadable = _decoded_rows(records, ids, decoded)
         exclusions.extend(unreadable)
-        kept, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits)
+        # one search for both questions: the near-duplicate pairs of the rows that stay are those of all rows with both ends kept
+        close = _close_pairs(kept, max(options.same_xray_bits, options.near_duplicate_bits))
+        before = kept
+        kept, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits, close)
         exclusions.extend(dropped)
         for row in (copy for group in duplicates for copy in group["dropped_rows"]):
             (stage / IMAGES / f"{row['image_id']}.png").unlink(missing_ok=True)
         if not kept:
             raise CxrclfError("no decodable images in the given sources")
 
-        pairs = split.hamming_pairs([r["phash"] for r in kept], options.near_duplicate_bits)
+        position = {id(row): index for index, row in enumerate(kept)}
+        index_after = [position.get(id(row)) for row in before]
+        pairs = [(index_after[i], index_after[j]) for i, j, bits in close
+                 if bits <= options.near_duplicate_bits and index_after[i] is not None and index_after[j] is not None]
         patients = [r["patient_id"] for r in kept]
         # the same pixels under several patients: those patients are linked even though only one copy stays
         shared = [tuple(sorted({c["patient_id"] for c in group["all_rows"]})) for group in duplicates]
@@ -202,11 +209,24 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
     return report
 
 
-def _copy_sets(rows: list[dict], same_xray_bits: int) -> list[list[int]]:
+def _close_pairs(rows: list[dict], max_bits: int) -> list[tuple[int, int, int]]:
+    """``(i, j, bits)`` for every pair of rows (``i < j``, sorted) whose perceptual hashes are at most ``max_bits`` apart."""
+    from cxrclf.data import hamming
+
+    found = split.hamming_pairs([r["phash"] for r in rows], max_bits)
+    if not found:
+        return []
+    words = hamming.hash_words([r["phash"] for r in rows])
+    index = np.array(found, dtype=np.int64)
+    return [(i, j, int(bits)) for (i, j), bits in zip(found, hamming.distances(words, index[:, 0], index[:, 1]))]
+
+
+def _copy_sets(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int, int]]) -> list[list[int]]:
     """Row indices holding one X-ray (sets of two or more, in row order): identical pixels, or,
     from two sources, perceptual hashes at most ``same_xray_bits`` apart (a re-encoded copy,
-    as RSNA's DICOMs of NIH's PNGs: their pixels differ, so only the hash finds them)."""
-    links = [(i, j) for i, j in split.hamming_pairs([r["phash"] for r in rows], same_xray_bits) if rows[i]["source"] != rows[j]["source"]]
+    as RSNA's DICOMs of NIH's PNGs: their pixels differ, so only the hash finds them).
+    ``close``: :func:`_close_pairs` of ``rows`` at ``same_xray_bits`` or more."""
+    links = [(i, j) for i, j, bits in close if bits <= same_xray_bits and rows[i]["source"] != rows[j]["source"]]
     first_with_sha: dict[str, int] = {}
     for index, row in enumerate(rows):
         first = first_with_sha.setdefault(row["sha256"], index)
@@ -219,11 +239,11 @@ def _copy_sets(rows: list[dict], same_xray_bits: int) -> list[list[int]]:
     return [indices for indices in members.values() if len(indices) > 1]
 
 
-def _collapse_copies(rows: list[dict], same_xray_bits: int) -> tuple[list[dict], list[dict], list[Exclusion]]:
+def _collapse_copies(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int, int]]) -> tuple[list[dict], list[dict], list[Exclusion]]:
     """One row per X-ray: the first copy in reading order stays. Conflicting findings exclude every copy."""
     dropped_index: set[int] = set()
     duplicates, dropped = [], []
-    for indices in _copy_sets(rows, same_xray_bits):
+    for indices in _copy_sets(rows, same_xray_bits, close):
         copies = [rows[i] for i in indices]
         identical = len({c["sha256"] for c in copies}) == 1
         findings = sorted({c["finding"] for c in copies})
