@@ -105,3 +105,29 @@ def test_export_verifies_before_writing(tmp_path):
     with pytest.raises(CxrclfError, match="differ from PyTorch's by up to .* nothing was written"):
         export_lung_network(segmenter, tmp_path / "strict.onnx", tolerance=-1.0)  # any difference is too much
     assert sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE]
+
+
+def test_without_pytorch_the_input_checks_still_read_the_lungs():
+    """A runtime-only install (onnxruntime, no PyTorch): the lung checks run the graph and never import torch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "timm"):
+                    raise ImportError("no " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from cxrclf.data import synthetic
+        from cxrclf.guard.checks import input_warnings
+        image = synthetic.to_uint8(synthetic.phantom("normal", np.random.default_rng(0), 256).image)
+        print(input_warnings(image, None, trained_views=("PA",), lungs=True))
+        print(input_warnings(np.ascontiguousarray(np.rot90(image)), None, lungs=True))
+        print("torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "['rotated by 270 degrees (90 counter-clockwise)']", "False"]
