@@ -25,8 +25,9 @@ random (no seed, so one run is the measurement).
   the network), those that pass and the flagged ones (five passes). Both the CPU time of
   the process (``time.process_time``: what one core spends, whatever else the machine runs)
   and the wall time, with the load average: on a shared machine the wall time varies
-  twofold. ``--cost`` measures only that, with the network alone (as trained and folded,
-  :func:`cxrclf.segment.model.inference_copy`) and the steps around it.
+  twofold. ``--cost`` measures only that, with the network alone (the shipped ONNX graph in
+  onnxruntime, which the checks run; PyTorch's network as trained and folded,
+  :func:`cxrclf.segment.model.inference_copy`, the fallback) and the steps around it.
 """
 
 from __future__ import annotations

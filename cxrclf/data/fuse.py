@@ -16,7 +16,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from cxrclf import __version__, io
@@ -182,18 +181,17 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
         exclusions.extend(unreadable)
         # one search for both questions: the near-duplicate pairs of the rows that stay are those of all rows with both ends kept
         close = _close_pairs(kept, max(options.same_xray_bits, options.near_duplicate_bits))
-        before = kept
-        kept, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits, close)
+        kept_indices, duplicates, dropped = _collapse_copies(kept, options.same_xray_bits, close)
+        index_after = dict(zip(kept_indices, range(len(kept_indices))))
+        kept = [kept[i] for i in kept_indices]
         exclusions.extend(dropped)
         for row in (copy for group in duplicates for copy in group["dropped_rows"]):
             (stage / IMAGES / f"{row['image_id']}.png").unlink(missing_ok=True)
         if not kept:
             raise CxrclfError("no decodable images in the given sources")
 
-        position = {id(row): index for index, row in enumerate(kept)}
-        index_after = [position.get(id(row)) for row in before]
         pairs = [(index_after[i], index_after[j]) for i, j, bits in close
-                 if bits <= options.near_duplicate_bits and index_after[i] is not None and index_after[j] is not None]
+                 if bits <= options.near_duplicate_bits and i in index_after and j in index_after]
         patients = [r["patient_id"] for r in kept]
         # the same pixels under several patients: those patients are linked even though only one copy stays
         shared = [tuple(sorted({c["patient_id"] for c in group["all_rows"]})) for group in duplicates]
@@ -211,14 +209,8 @@ def fuse(options: FuseOptions, out: Path, overwrite: bool = False, progress: Cal
 
 def _close_pairs(rows: list[dict], max_bits: int) -> list[tuple[int, int, int]]:
     """``(i, j, bits)`` for every pair of rows (``i < j``, sorted) whose perceptual hashes are at most ``max_bits`` apart."""
-    from cxrclf.data import hamming
-
     found = split.hamming_pairs([r["phash"] for r in rows], max_bits)
-    if not found:
-        return []
-    words = hamming.hash_words([r["phash"] for r in rows])
-    index = np.array(found, dtype=np.int64)
-    return [(i, j, int(bits)) for (i, j), bits in zip(found, hamming.distances(words, index[:, 0], index[:, 1]))]
+    return [(i, j, (int(rows[i]["phash"], 16) ^ int(rows[j]["phash"], 16)).bit_count()) for i, j in found]
 
 
 def _copy_sets(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -239,8 +231,9 @@ def _copy_sets(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int
     return [indices for indices in members.values() if len(indices) > 1]
 
 
-def _collapse_copies(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int, int]]) -> tuple[list[dict], list[dict], list[Exclusion]]:
-    """One row per X-ray: the first copy in reading order stays. Conflicting findings exclude every copy."""
+def _collapse_copies(rows: list[dict], same_xray_bits: int, close: list[tuple[int, int, int]]) -> tuple[list[int], list[dict], list[Exclusion]]:
+    """One row per X-ray: the first copy in reading order stays. Conflicting findings exclude every copy.
+    Returns the indices of the rows that stay (in order), the copy sets and the exclusions."""
     dropped_index: set[int] = set()
     duplicates, dropped = [], []
     for indices in _copy_sets(rows, same_xray_bits, close):
@@ -265,8 +258,7 @@ def _collapse_copies(rows: list[dict], same_xray_bits: int, close: list[tuple[in
                                          f"kept as {first['source']}/{first['source_file']} (perceptual hashes {bits} bits apart)"))
         duplicates.append(entry | {"kept": first["image_id"], "dropped": [c["image_id"] for c in copies[1:]], "dropped_rows": copies[1:],
                                    "reason": "identical pixels" if identical else "same X-ray"})
-    kept = [row for index, row in enumerate(rows) if index not in dropped_index]
-    return kept, duplicates, dropped
+    return [index for index in range(len(rows)) if index not in dropped_index], duplicates, dropped
 
 
 def _across_sources(duplicates: list[dict]) -> tuple[list[dict], dict[str, dict[str, int]]]:

@@ -31,7 +31,7 @@ from itertools import combinations
 
 import numpy as np
 
-__all__ = ["BITS", "bit_order", "brute_force_pairs", "distances", "hash_words", "multi_index_pairs", "pairs", "plan"]
+__all__ = ["BITS", "bit_order", "brute_force_pairs", "hash_words", "multi_index_pairs", "pairs", "plan"]
 
 BITS = 256
 WORDS = BITS // 64
@@ -58,8 +58,7 @@ def hash_words(hashes: list[str]) -> np.ndarray:
     return words.astype(np.uint64).reshape(len(hashes), WORDS)
 
 
-def distances(words: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Bits by which hash ``rows[k]`` and hash ``cols[k]`` differ, for every ``k`` (``words``: :func:`hash_words`)."""
+def _distances(words: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     distance = np.zeros(len(rows), dtype=np.uint16)
     for word in range(WORDS):
         distance += np.bitwise_count(words[rows, word] ^ words[cols, word])
@@ -201,7 +200,7 @@ def _verified(words: np.ndarray, max_distance: int, sorted_hashes: np.ndarray, q
             rows, cols = rows[upper], cols[upper]
         else:
             rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
-        close = distances(words, rows, cols) <= max_distance
+        close = _distances(words, rows, cols) <= max_distance
         yield rows[close] * n + cols[close]
         first = last
 

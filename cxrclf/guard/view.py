@@ -261,13 +261,6 @@ def builtin_view_check() -> ViewCheck:
     return load_view_check(BUILTIN_FOLDER / WEIGHTS)
 
 
-def _no_lung_network() -> bool:
-    """Whether there is no segmenter to frame the lungs' box (neither onnxruntime nor PyTorch installed)."""
-    from cxrclf.segment.ort import lung_network
-
-    return lung_network() is None
-
-
 def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check: ViewCheck | None = None,
                        mask: np.ndarray | None = None) -> str | None:
     """The warning "looks like an AP film (0.93); this run saw PA films only", or None when the film looks like a view the run saw.
@@ -278,11 +271,13 @@ def pixel_view_warning(pixels: np.ndarray, trained_views: Collection[str], check
     spares the segmenter's pass. With no segmenter installed a check that reads the lungs'
     box cannot run: None.
     """
+    from cxrclf.segment.ort import lung_network
+
     families = view_families(trained_views)
     if {"AP", "PA"} <= set(families):
         return None
     check = builtin_view_check() if check is None else check
-    if check.lung_margin is not None and mask is None and _no_lung_network():
+    if check.lung_margin is not None and mask is None and lung_network() is None:
         return None  # no segmenter, hence no lungs' box: no check, as no lung checks
     probability = check.probability_ap(pixels, mask=mask)
     looks, confidence = ("AP", probability) if probability >= check.threshold else ("PA", 1.0 - probability)

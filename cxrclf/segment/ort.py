@@ -58,19 +58,20 @@ class OnnxLungNetwork:
         options.intra_op_num_threads = options.inter_op_num_threads = 1   # one core, as the PyTorch path; no pool to spin
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # the graph's path goes in the reason itself: a worker reports the reason beside the image it was checking
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own types: "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed..."
             status = re.search(r"\[ONNXRuntimeError\] : \d+ : (\w+)", str(exc))
-            raise CxrclfError(f"lung network file damaged or foreign (onnxruntime cannot load it: {status[1] if status else exc.__class__.__name__}); "
-                              "reinstall cxrclf", self.path) from exc
+            raise CxrclfError(f"lung network file {self.path} damaged or foreign (onnxruntime cannot load it: "
+                              f"{status[1] if status else exc.__class__.__name__}); reinstall cxrclf") from exc
         try:
             settings = json.loads(self.session.get_modelmeta().custom_metadata_map[FILE_FORMAT])
             self.input_size, self.threshold = int(settings["input_size"]), float(settings["threshold"])
             self.mean, self.std, self.sha256 = float(settings["mean"]), float(settings["std"]), str(settings["weights_sha256"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise CxrclfError(f"lung network file damaged or foreign (no readable {FILE_FORMAT!r} metadata: {exc!r}); reinstall cxrclf",
-                              self.path) from exc
+            raise CxrclfError(f"lung network file {self.path} damaged or foreign (no readable {FILE_FORMAT!r} metadata: {exc!r}); "
+                              "reinstall cxrclf") from exc
 
     def plane_probabilities(self, planes: np.ndarray, folded: bool = True) -> np.ndarray:
         """P(lung) per pixel of input planes, (S, S) or (N, S, S) float32 in [0, 1] as

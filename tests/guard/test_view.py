@@ -202,9 +202,11 @@ def test_input_warnings_hand_the_lung_checks_mask_to_the_view_check(phantom, mon
 
 
 def test_without_a_segmenter_a_check_on_the_lungs_box_does_not_run(phantom, monkeypatch):
-    import cxrclf.guard.view as view
+    import os
 
-    monkeypatch.setattr(view, "_no_lung_network", lambda: True)
+    from cxrclf.segment import ort
+
+    monkeypatch.setattr(ort, "_NETWORKS", {os.getpid(): None})  # neither onnxruntime nor PyTorch installed
     needs_lungs = ViewCheck(mean=np.zeros(3528), scale=np.ones(3528), coef=np.zeros(3528), intercept=3.0, lung_margin=LUNG_MARGIN)
     assert pixel_view_warning(phantom, ("PA",), needs_lungs) is None
     whole_image = ViewCheck(mean=np.zeros(1764), scale=np.ones(1764), coef=np.zeros(1764), intercept=3.0)
