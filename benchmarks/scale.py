@@ -1,7 +1,8 @@
 """cxrclf at the size of the public sources: near-duplicate search, fuse, preprocess, a training epoch, DDP memory.
 
     python benchmarks/scale.py search   [--sizes 10000 100000 200000 1000000] [--brute-max 20000] [--json]
-    python benchmarks/scale.py pipeline [--images 1000 10000] [--work DIR] [--workers 2] [--json]
+    python benchmarks/scale.py pipeline [--images 1000 10000] [--work DIR] [--workers 2] [--stages sources fuse preprocess train]
+                                        [--fuse-runs 1] [--json]
     python benchmarks/scale.py ddp      [--images 1000] [--work DIR] [--json]
 
 ``search`` times :func:`cxrclf.data.split.hamming_pairs` at 24 bits on random 256-bit hashes
@@ -9,9 +10,11 @@ and on clustered ones (cluster centres, each with 4 members up to 8 bits away, t
 the hashes random), and brute force beside it up to ``--brute-max`` hashes, checking that
 the pairs are identical. ``pipeline`` writes synthetic X-rays in the NIH ChestX-ray14
 layout (128 px phantoms, normal and pneumonia, with a tenth as many COVID-19 images in
-the Cohen layout so that the 3-class scheme can train) and times fuse (decode, hash,
-deduplicate, split), preprocess (64 px) and one training epoch (``resnet-baseline``,
-64 px, one thread). ``ddp`` trains the same epoch with ``torchrun --nproc-per-node`` 1
+the Cohen layout so that the 3-class scheme can train; each phantom posed anew and under its
+own exposure, so that their perceptual hashes lie as far apart as real radiographs') and times
+fuse (decode, hash, deduplicate, split; ``--fuse-runs`` times, and how alike the fused hashes
+are), preprocess (64 px) and one training epoch (``resnet-baseline``, 64 px, one thread);
+``--stages`` picks some of them (on sources an earlier run wrote). ``ddp`` trains the same epoch with ``torchrun --nproc-per-node`` 1
 and 2 and samples the memory of the whole process tree (PSS: pages shared between ranks
 count once in total) and the part of it that maps the image cache.
 
@@ -39,6 +42,19 @@ def _peak_mib() -> dict:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"peak_mib": round(own, 1), "peak_worker_mib": round(children, 1)}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU time of this process and its finished workers: unlike the wall clock, blind to waits for the
+    disk. The user time is the stage's own work; the system time is mostly the file system's (creating, writing and
+    renaming files), and varies with its state from run to run."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
+
+
+def _cpu_since(before: tuple[float, float]) -> dict:
+    user, system = _cpu_seconds()
+    return {"cpu_user_seconds": round(user - before[0], 1), "cpu_system_seconds": round(system - before[1], 1)}
 
 
 def _uptime() -> str:
@@ -110,8 +126,8 @@ def sources_child(work: Path, images: int) -> dict:
 
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    # distinct: each phantom under its own exposure, so that near-duplicates are as rare as among real films (alike phantoms
-    # make the search's output, and fuse's time per image, grow with the square of their number)
+    # distinct: each phantom posed anew and under its own exposure, so that near-duplicates are as rare as among real films
+    # (alike phantoms make the search's output, and fuse's time per image, grow with the square of their number)
     synthetic.write_nih(work / "nih", {NORMAL: images // 2, OTHER_PNEUMONIA: images - images // 2}, rng, size=128, distinct=True)
     synthetic.write_cohen(work / "cohen", {COVID19: max(8, images // 10)}, rng, size=128, extras=False, distinct=True)
     return {"stage": "write sources", "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
@@ -120,18 +136,41 @@ def sources_child(work: Path, images: int) -> dict:
 def fuse_child(work: Path, workers: int) -> dict:
     from cxrclf.data.fuse import FuseOptions, fuse
 
+    shutil.rmtree(work / "fused", ignore_errors=True)  # a first fuse, as a user's: replacing 55,000 files costs seconds of its own
+    os.sync()  # and the removal's writes (and discards) done before the clock starts
     start = time.perf_counter()
+    cpu = _cpu_seconds()
     report = fuse(FuseOptions(nih=work / "nih", cohen=work / "cohen", workers=workers), work / "fused", overwrite=True)
-    return {"stage": "fuse", "images": report["images"], "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
+    seconds = time.perf_counter() - start
+    return {"stage": "fuse", "images": report["images"], "seconds": round(seconds, 1)} | _cpu_since(cpu) | _peak_mib() | hash_spread(work / "fused" / "manifest.csv")
+
+
+def hash_spread(manifest: Path, sample: int = 2000) -> dict:
+    """How alike a fused folder's perceptual hashes are: the entropy of their bits (the sum over the 256 bits) and the
+    median distance between two of them (on up to ``sample`` hashes). The shared set's 262 real radiographs: 240 bits,
+    118 apart; random hashes: 256, 128."""
+    import numpy as np
+    import pandas as pd
+
+    hashes = pd.read_csv(manifest, usecols=["phash"])["phash"].dropna().tolist()
+    bits = np.unpackbits(np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(len(hashes), 32), axis=1)
+    share = bits.mean(axis=0).clip(1e-12, 1 - 1e-12)
+    entropy = float(-(share * np.log2(share) + (1 - share) * np.log2(1 - share)).sum())
+    picked = bits[np.random.default_rng(0).permutation(len(bits))[:sample]].astype(np.int16)
+    distances = np.concatenate([(picked[i + 1:] != picked[i]).sum(axis=1) for i in range(len(picked) - 1)])
+    return {"hash_entropy_bits": round(entropy, 1), "hash_median_distance": float(np.median(distances))}
 
 
 def preprocess_child(work: Path, workers: int) -> dict:
     from cxrclf.prepare import preprocess_folder
     from cxrclf.preprocess.params import PreprocessParams
 
+    shutil.rmtree(work / "prep", ignore_errors=True)  # a first preprocess, as for fuse
+    os.sync()
     start = time.perf_counter()
+    cpu = _cpu_seconds()
     summary = preprocess_folder(work / "fused", work / "prep", PreprocessParams(size=64, work_size=128), workers=workers, overwrite=True)
-    return {"stage": "preprocess", "images": summary["images"], "seconds": round(time.perf_counter() - start, 1)} | _peak_mib()
+    return {"stage": "preprocess", "images": summary["images"], "seconds": round(time.perf_counter() - start, 1)} | _cpu_since(cpu) | _peak_mib()
 
 
 def train_options(work: Path, out: Path, threads: int | None = 1):
@@ -154,16 +193,27 @@ def train_child(work: Path) -> dict:
             "epoch_seconds": float(row["seconds"]), "images_per_s": float(row["images_per_s"])} | _peak_mib()
 
 
-def pipeline(sizes: list[int], work_root: Path, workers: int) -> list[dict]:
+STAGES = ("sources", "fuse", "preprocess", "train")
+
+
+def pipeline(sizes: list[int], work_root: Path, workers: int, stages: tuple[str, ...] = STAGES, fuse_runs: int = 1) -> list[dict]:
     rows = []
     for images in sizes:
         work = work_root / f"nih-{images}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        for stage in (("_sources", str(work), str(images)), ("_fuse", str(work), str(workers)), ("_preprocess", str(work), str(workers)), ("_train", str(work))):
+        if "sources" in stages:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+        elif not (work / "nih" / "Data_Entry_2017.csv").is_file():
+            raise SystemExit(f"{work / 'nih'}: no sources written there; add the stage `sources`")
+        plan = {"sources": [("_sources", str(work), str(images))], "fuse": [("_fuse", str(work), str(workers))] * fuse_runs,
+                "preprocess": [("_preprocess", str(work), str(workers))], "train": [("_train", str(work))]}
+        for stage in (step for name in STAGES if name in stages for step in plan[name]):
             row = {"size": images} | _child(*stage) | {"uptime": _uptime()}
             if row.get("images"):
                 row["ms_per_image"] = round(1000 * row["seconds"] / row["images"], 2)
+                for kind in ("user", "system"):
+                    if f"cpu_{kind}_seconds" in row:
+                        row[f"cpu_{kind}_ms_per_image"] = round(1000 * row[f"cpu_{kind}_seconds"] / row["images"], 2)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     return rows
@@ -248,6 +298,8 @@ def main() -> None:
     p = sub.add_parser("pipeline")
     p.add_argument("--images", type=int, nargs="+", default=[1000, 10_000])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--fuse-runs", type=int, default=1, help="run fuse this many times (its time varies most)")
     d = sub.add_parser("ddp")
     d.add_argument("--images", type=int, default=1000)
     for each in (s, p, d):
@@ -267,7 +319,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     uptime = _uptime()
-    rows = search(args.sizes, args.brute_max) if args.command == "search" else pipeline(args.images, args.work, args.workers) if args.command == "pipeline" else ddp(args.images, args.work)
+    rows = search(args.sizes, args.brute_max) if args.command == "search" else pipeline(args.images, args.work, args.workers, tuple(args.stages), args.fuse_runs) if args.command == "pipeline" else ddp(args.images, args.work)
     if args.json:
         print(json.dumps({"rows": rows, "uptime_before": uptime, "uptime_after": _uptime()}, indent=2))
         return

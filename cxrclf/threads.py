@@ -7,6 +7,14 @@ img/s (two). ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead; it
 once, when PyTorch loads its OpenMP runtime, so :func:`passive_wait` must run before
 ``import torch`` (the CLI calls it first thing; measurements in docs/performance.md, "Scale").
 
+Sleeping has a price on idle cores: waking a thread for every parallel region made a 64 px
+step 14% slower (128 px: 10%) than spinning. A bounded spin does not buy it back without
+losing the busy machine (``GOMP_SPINCOUNT=10000`` regained the idle speed and fell to 0.58x
+of one idle thread beside a busy process; 1000 kept neither), so passive it is. A user who
+owns the machine chooses otherwise with ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` (GNU
+OpenMP, PyTorch's on Linux) or ``KMP_BLOCKTIME`` (LLVM's and Intel's), and any of them is
+left as set.
+
 The thread count is the user's (``--threads N``, else ``OMP_NUM_THREADS``), else the number
 of CPUs this process may run on (``os.sched_getaffinity``: a ``taskset`` or container
 limit counts, the machine's total does not).
@@ -20,14 +28,16 @@ from typing import Iterator, MutableMapping
 
 from cxrclf.errors import CxrclfError
 
-__all__ = ["WAIT_POLICY", "available_cpus", "default_threads", "passive_wait", "torch_threads", "use_threads"]
+__all__ = ["WAIT_POLICY", "WAIT_SETTINGS", "available_cpus", "default_threads", "passive_wait", "torch_threads", "use_threads"]
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
+WAIT_SETTINGS = (WAIT_POLICY, "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # each a user's way to say how OpenMP threads wait
 
 
 def passive_wait(environ: MutableMapping[str, str] = os.environ) -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; child processes inherit it."""
-    environ.setdefault(WAIT_POLICY, "PASSIVE")
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user said how threads wait (:data:`WAIT_SETTINGS`); child processes inherit it."""
+    if not any(environ.get(name, "").strip() for name in WAIT_SETTINGS):
+        environ[WAIT_POLICY] = "PASSIVE"
 
 
 def available_cpus() -> int:

@@ -17,6 +17,13 @@ def test_passive_wait_unless_the_user_chose():
     environ = {"OMP_WAIT_POLICY": "ACTIVE"}
     threads.passive_wait(environ)
     assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
+    for name, value in (("GOMP_SPINCOUNT", "300000"), ("KMP_BLOCKTIME", "200")):  # a spin the user chose is a policy too
+        environ = {name: value}
+        threads.passive_wait(environ)
+        assert environ == {name: value}
+    environ = {"GOMP_SPINCOUNT": " "}
+    threads.passive_wait(environ)
+    assert environ == {"GOMP_SPINCOUNT": " ", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_default_threads_follow_omp_num_threads_then_the_affinity(monkeypatch):

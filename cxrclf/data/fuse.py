@@ -131,7 +131,7 @@ def _decode_one(task: DecodeTask) -> Decoded:
         image = imageio.read_image(task.source)
     except CxrclfError as exc:
         return Decoded(reason=exc.reason)
-    io.write_bytes(Path(task.out), imageio.encode_png(image))
+    io.write_new(Path(task.out), imageio.encode_png(image))  # into fuse's staged folder
     return Decoded(image.shape[1], image.shape[0], imageio.pixel_sha256(image), imageio.perceptual_hash(image))
 
 

@@ -184,6 +184,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # lie at least 50 bits apart, docs/validity.md). Measured on 2026-12-07 (no script kept).
 EXPOSURE_SPREAD = 30.0
 
+# How far a patient stands from the phantoms' one pose: up to 6% of the side off centre, 8% larger or smaller, 5 degrees
+# turned. Under their own exposure alone, 1,500 phantoms' perceptual hashes carry 147 bits of entropy of 256 and lie a
+# median 68 bits apart; positioned too, 234 bits and 118 apart, as the shared set's 262 real radiographs (240 bits, 118
+# apart; docs/performance.md, "Scale").
+POSE_SHIFT, POSE_SCALE, POSE_DEGREES = 0.06, 0.08, 5.0
+
 
 def exposed(image: np.ndarray, rng: np.random.Generator, spread: float = EXPOSURE_SPREAD) -> np.ndarray:
     """A uint8 grey ``image`` under its own exposure: a smooth random field (6 x 6 normal values, bicubic) of ``spread`` grey levels added."""
@@ -191,6 +197,22 @@ def exposed(image: np.ndarray, rng: np.random.Generator, spread: float = EXPOSUR
 
     field = cv2.resize(rng.normal(0.0, 1.0, (6, 6)).astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
     return np.clip(image.astype(np.float32) + np.float32(spread) * field, 0, 255).astype(np.uint8)
+
+
+def positioned(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 grey ``image`` with the patient posed anew: shifted, scaled and turned within :data:`POSE_SHIFT`,
+    :data:`POSE_SCALE` and :data:`POSE_DEGREES`; the uncovered border takes the corner's grey."""
+    import cv2
+
+    h, w = image.shape
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-POSE_DEGREES, POSE_DEGREES), 1 + rng.uniform(-POSE_SCALE, POSE_SCALE))
+    matrix[:, 2] += rng.uniform(-POSE_SHIFT, POSE_SHIFT, 2) * (w, h)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=int(image[0, 0]))
+
+
+def _distinct(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` as one of thousands of films: posed anew and under its own exposure."""
+    return exposed(positioned(image, rng), rng)
 
 
 def _png(path: Path, image: np.ndarray) -> None:
@@ -292,9 +314,9 @@ def write_cohen(folder: Path, counts: dict[str, int], rng: np.random.Generator, 
     """Cohen layout: ``metadata.csv`` + ``images/``. ``counts`` are PA X-rays per finding.
 
     With ``extras``, also writes what the real file has: lateral and AP views, a CT row, a
-    ``todo`` row, an RGB JPEG. ``distinct``: every X-ray gets its own exposure
-    (:func:`exposed`), so that thousands of phantoms are as far apart as real films. Returns the
-    metadata rows written.
+    ``todo`` row, an RGB JPEG. ``distinct``: every X-ray gets its own pose and exposure
+    (:func:`positioned`, :func:`exposed`), so that thousands of phantoms are as far apart as real
+    films. Returns the metadata rows written.
     """
     folder = Path(folder)
     rows: list[dict] = []
@@ -306,7 +328,7 @@ def write_cohen(folder: Path, counts: dict[str, int], rng: np.random.Generator, 
             for shot in range(min(images_per_patient, left)):
                 name = f"{patient}-{shot}.{'jpg' if shot % 2 else 'png'}"
                 sample = phantom(finding, rng, size)
-                pixels = exposed(to_uint8(sample.image), rng) if distinct else to_uint8(sample.image)
+                pixels = _distinct(to_uint8(sample.image), rng) if distinct else to_uint8(sample.image)
                 if name.endswith("jpg"):
                     _jpeg(folder / "images" / name, pixels, rgb=shot == 1)
                 else:
@@ -442,7 +464,7 @@ def write_nih(folder: Path, counts: dict[str, int], rng: np.random.Generator, si
         name = f"{patient:08d}_{follow_up:03d}.png"
         archive = f"images_{index * archives // len(plan) + 1:03d}/images" if archives else "images"
         pixels = to_uint8(phantom(OTHER_PNEUMONIA if finding == "other" else finding, rng, size).image)
-        _png(folder / archive / name, exposed(pixels, rng) if distinct else pixels)
+        _png(folder / archive / name, _distinct(pixels, rng) if distinct else pixels)
         rows.append(dict(zip(NIH_HEADER, [name, "|".join(labels), str(follow_up), str(patient), str(int(rng.integers(20, 90))),
                                           str(rng.choice(["M", "F"])), view, "2500", "2048", "0.168", "0.168"])))
         follow_up, remaining = follow_up + 1, remaining - 1

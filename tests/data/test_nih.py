@@ -125,3 +125,24 @@ def test_same_xray_distance_is_validated():
 
     with pytest.raises(CxrclfError, match="near-duplicate distance"):
         FuseOptions(nih=".", same_xray_bits=-1).validate()
+
+
+def test_distinct_phantoms_lie_as_far_apart_as_real_films(tmp_path):
+    """The scale benchmark's phantoms, posed and exposed each their own way, spread their hashes as real radiographs do
+    (the shared set's: a median 118 bits apart); plain phantoms are alike (68 apart), which would make the
+    near-duplicate search grow with the square of their number."""
+    import cv2
+
+    from cxrclf.data.imageio import perceptual_hash
+
+    def median_distance(folder, distinct):
+        synthetic.write_nih(folder, {"normal": 40, "other_pneumonia": 40}, np.random.default_rng(0), size=128, distinct=distinct)
+        hashes = [perceptual_hash(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in sorted((folder / "images").glob("*.png"))]
+        bits = np.unpackbits(np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), np.uint8).reshape(len(hashes), 32), axis=1)
+        distances = np.concatenate([(bits[i + 1:] != bits[i]).sum(axis=1) for i in range(len(bits) - 1)])
+        return np.median(distances), distances.min()
+
+    spread, closest = median_distance(tmp_path / "distinct", True)
+    alike, _ = median_distance(tmp_path / "plain", False)
+    assert spread >= 105 and closest > 24
+    assert alike < 90
