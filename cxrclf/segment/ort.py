@@ -91,7 +91,8 @@ def lung_network():
     it is installed and ``model.onnx`` was made from the shipped weights, else the PyTorch
     :class:`~cxrclf.segment.infer.Segmenter` (its folded copy), else None (neither installed: no lung checks).
 
-    ``CXRCLF_LUNG_NETWORK=torch`` chooses PyTorch (to compare the two).
+    ``CXRCLF_LUNG_NETWORK=torch`` chooses PyTorch (to compare the two); ``onnxruntime`` (or
+    unset) the default; any other value is an error, not a silent default.
     """
     pid = os.getpid()
     if pid not in _NETWORKS:
@@ -100,9 +101,16 @@ def lung_network():
     return _NETWORKS[pid]
 
 
+CHOICE = "CXRCLF_LUNG_NETWORK"
+CHOICES = ("onnxruntime", "torch")
+
+
 def _load():
     onnx_file = folders.BUILTIN_LUNG / ONNX_FILE
-    if os.environ.get("CXRCLF_LUNG_NETWORK", "").strip().lower() != "torch" and onnx_file.exists() and _onnxruntime_installed():
+    chosen = os.environ.get(CHOICE, "").strip().lower()
+    if chosen not in ("", *CHOICES):
+        raise CxrclfError(f"{CHOICE} is {os.environ[CHOICE]!r}: use {' or '.join(CHOICES)} (or leave it unset)")
+    if chosen != "torch" and onnx_file.exists() and _onnxruntime_installed():
         network = OnnxLungNetwork(onnx_file)
         from cxrclf.io import sha256_file
         from cxrclf.segment.run import SegmentRun

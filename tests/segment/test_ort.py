@@ -66,6 +66,13 @@ def test_the_checks_run_onnxruntime_unless_told_otherwise(monkeypatch):
     monkeypatch.setattr(ort, "_NETWORKS", {})
     monkeypatch.setenv("CXRCLF_LUNG_NETWORK", "torch")
     assert isinstance(lung_network(), Segmenter)
+    monkeypatch.setattr(ort, "_NETWORKS", {})
+    monkeypatch.setenv("CXRCLF_LUNG_NETWORK", " ONNXRuntime ")
+    assert isinstance(lung_network(), OnnxLungNetwork)
+    monkeypatch.setattr(ort, "_NETWORKS", {})
+    monkeypatch.setenv("CXRCLF_LUNG_NETWORK", "tensorrt")  # a typo or an unsupported backend is named, not ignored
+    with pytest.raises(CxrclfError, match="CXRCLF_LUNG_NETWORK is 'tensorrt': use onnxruntime or torch"):
+        lung_network()
 
 
 def test_a_graph_made_from_other_weights_is_not_run(monkeypatch, tmp_path):
