@@ -194,7 +194,7 @@ def measure_cv(commands: Commands, parent: Path, work: Path, bootstrap: int) -> 
         class_names = class_names or json.loads(evaluated)["classes"]
         frames.append(pd.read_csv(out / "predictions.csv"))
     pooled = pd.concat(frames, ignore_index=True)
-    pooled = pooled[pooled["source"] != EXCLUDED]  # evaluate scores the excluded source's validation images too: not training images
+    pooled = pooled[pooled["source"] != EXCLUDED]  # evaluate --split val leaves the run's excluded source out; kept as a check on older runs' output
     found = within_source_aucs(pooled, class_names, bootstrap, seed=0)
     within = {(row["source"], row["class"]): row for row in found}
     row = {"CV images": len(pooled), "CV folds": len(frames)}

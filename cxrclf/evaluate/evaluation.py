@@ -286,7 +286,11 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     if target.own_data and not _same_data_as_training(own, target.config):
         raise CxrclfError("the run's data folder changed since training (another manifest: its splits may not be the run's); "
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
-    rows, root, needs = load_rows(target.data, options.split, predictor.params, target.config.data.fold if target.own_data else None)
+    # the run's own train and val splits are the rows it trained and selected on: without the sources it left out. The
+    # test split (and "all") keeps them: a source left out of training is scored there as the unseen hospital it is.
+    own_split = target.own_data and options.split in (Split.train, Split.val)
+    rows, root, needs = load_rows(target.data, options.split, predictor.params, target.config.data.fold if target.own_data else None,
+                                  target.config.data.exclude_sources if own_split else ())
     predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
     result = _evaluation(options, target, predictor, predictions, features, members)
     if options.lung_model is not None:

@@ -168,3 +168,20 @@ def test_the_typed_result_is_metrics_json_and_reads_back_old_files(trained_run, 
     assert "## Out-of-distribution guard" not in markdown(legacy, figures) and "## Headline" in markdown(legacy, figures)
     with pytest.raises(CxrclfError, match="lacks n_images, n_patients, point"):
         Evaluation.from_dict({"data": "x", "split": "test"})
+
+
+def test_a_source_left_out_of_training_is_out_of_the_runs_val_split_and_in_its_test_split(run_cli, preprocessed_synthetic, tmp_path):
+    """The run's own train and val splits are what it fitted and selected on; the test split scores the left-out
+    source as the unseen hospital it is."""
+    from cxrclf.train.loop import TrainOptions, train
+
+    run = tmp_path / "without-montgomery"
+    train(TrainOptions(model="resnet-baseline", strategy="oversample", classes=3, data=preprocessed_synthetic, out=run, epochs=1, patience=1,
+                       batch_size=16, lr=2e-3, image_size=48, threads=1, exclude_sources=("montgomery",)))
+    manifest = pd.read_csv(preprocessed_synthetic / "manifest.csv")
+    assert {"montgomery"} < set(manifest.query("split == 'val'").source) and "montgomery" in set(manifest.query("split == 'test'").source)
+    for split, expected in (("val", manifest.query("split == 'val' and source != 'montgomery'")), ("test", manifest.query("split == 'test'"))):
+        out = tmp_path / f"eval-{split}"
+        result = run_cli("evaluate", run, "--split", split, "--bootstrap", "50", "--out", out)
+        assert result.exit_code == 0, result.stderr
+        assert sorted(pd.read_csv(out / "predictions.csv").image_id) == sorted(expected.image_id), split
