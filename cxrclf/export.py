@@ -67,6 +67,15 @@ def export_onnx(run: RunFolder | Path, out: Path, overwrite: bool = False, toler
     for path in files.values():  # the run, its folds and its lung segmenter are inputs: no output may lie inside them
         io.check_output_file(path, folder.reads(), overwrite=overwrite)
 
+    with io.folder_lock(out):  # a second export to the same files is refused: the two could mix their files
+        for path in files.values():  # again, now that we hold the lock
+            io.check_output_file(path, folder.reads(), overwrite=overwrite)
+        return _write_export(predictor, folder, out, files, tolerance)
+
+
+def _write_export(predictor: RunPredictor | FoldEnsemble, folder: RunFolder, out: Path, files: dict[str, Path], tolerance: float) -> dict:
+    """Build, verify and move into place the export's files (the caller holds the lock)."""
+    members = predictor.members
     network = _export_graph([member.model for member in members], predictor.in_chans, predictor.input_size)
     document = _sidecar(predictor, files, folder)
     stage = Path(tempfile.mkdtemp(dir=_parent(out), prefix=f".{out.name}.partial-"))

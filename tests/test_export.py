@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -191,6 +192,18 @@ def test_export_refuses_to_write_into_the_run_or_over_files(run_cli, trained_run
     assert not (tmp_path / "m.onnx").exists()
     wrong = run_cli("export", trained_run, "--out", tmp_path / "m.pt")
     assert wrong.exit_code == 2 and "must be an .onnx file" in wrong.stderr
+
+
+def test_a_second_export_to_the_same_files_is_refused_while_the_first_writes(trained_run, tmp_path):
+    from cxrclf import io
+    from cxrclf.export import export_onnx
+
+    with io.folder_lock(tmp_path / "m.onnx"):  # as another export holds it
+        with pytest.raises(CxrclfError, match=f"in use by process {os.getpid()}"):
+            export_onnx(trained_run, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    export_onnx(trained_run, tmp_path / "m.onnx")  # free again, and no lock file left behind
+    assert (tmp_path / "m.onnx").is_file() and not (tmp_path / ".m.onnx.lock").exists()
 
 
 def test_an_export_that_disagrees_with_pytorch_is_not_written(trained_run, tmp_path):
