@@ -61,7 +61,7 @@ def child(threads: int, steps: int, size: int = 64) -> None:
 
 
 def measure(threads: int, policy: str | None, busy: bool, steps: int, size: int = 64) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     env["HF_HUB_OFFLINE"] = "1"
     if policy == "auto":
         from cxrclf.threads import passive_wait

@@ -53,8 +53,10 @@ def _options(
 def _check_environment() -> None:
     """Environment overrides, validated once at start: a bad value is one error naming the variable, not a failure per image."""
     from cxrclf.data.imageio import max_pixels
+    from cxrclf.segment.ort import chosen_backend
 
     max_pixels()
+    chosen_backend()
     cache = os.environ.get("CXRCLF_CACHE", "").strip()
     if cache and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
         raise CxrclfError(f"CXRCLF_CACHE={cache!r} must name a folder for training's image caches, and it is a file; fix or unset it")

@@ -9,11 +9,11 @@ once, when PyTorch loads its OpenMP runtime, so :func:`passive_wait` must run be
 
 Sleeping has a price on idle cores: waking a thread for every parallel region made a 64 px
 step 14% slower (128 px: 10%) than spinning. A bounded spin does not buy it back without
-losing the busy machine (``GOMP_SPINCOUNT=10000`` regained the idle speed and fell to 0.58x
-of one idle thread beside a busy process; 1000 kept neither), so passive it is. A user who
-owns the machine chooses otherwise with ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` (GNU
-OpenMP, PyTorch's on Linux) or ``KMP_BLOCKTIME`` (LLVM's and Intel's), and any of them is
-left as set.
+losing the busy machine (``GOMP_SPINCOUNT=10000`` ran as fast as the spinning default on idle
+cores and fell to 0.59x of one idle thread beside a busy process; 1000 kept the busy machine,
+0.85x, and ran no faster than passive on idle cores), so passive it is. A user who owns the
+machine chooses otherwise with ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (what GNU OpenMP,
+PyTorch's runtime on Linux, reads), and either is left as set.
 
 The thread count is the user's (``--threads N``, else ``OMP_NUM_THREADS``), else the number
 of CPUs this process may run on (``os.sched_getaffinity``: a ``taskset`` or container
@@ -31,7 +31,7 @@ from cxrclf.errors import CxrclfError
 __all__ = ["WAIT_POLICY", "WAIT_SETTINGS", "available_cpus", "default_threads", "passive_wait", "torch_threads", "use_threads"]
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
-WAIT_SETTINGS = (WAIT_POLICY, "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # each a user's way to say how OpenMP threads wait
+WAIT_SETTINGS = (WAIT_POLICY, "GOMP_SPINCOUNT")  # each a user's way to tell GNU OpenMP how its threads wait
 
 
 def passive_wait(environ: MutableMapping[str, str] = os.environ) -> None:

@@ -92,16 +92,17 @@ def read_sources(options: FuseOptions) -> SourceRows:
 
 
 def _image_ids(records: list[SourceRecord]) -> list[str]:
-    """Stable, file-name-safe, unique ids: ``<source>-<file stem>``."""
+    """Stable, file-name-safe, unique ids: ``<source>-<file stem>``; unique regardless of case too, since the images
+    are written as ``<id>.png`` and a file system may not tell ``A.png`` from ``a.png``."""
     ids, used = [], set()
     for record in records:
         stem = Path(record.source_file).stem
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{record.source.replace('table:', '')}-{stem}").strip("._")
         candidate, number = base, 1
-        while candidate in used:  # "a-2" may also be a real file's stem: keep counting
+        while candidate.lower() in used:  # "a-2" may also be a real file's stem: keep counting
             number += 1
             candidate = f"{base}-{number}"
-        used.add(candidate)
+        used.add(candidate.lower())
         ids.append(candidate)
     return ids
 

@@ -14,10 +14,11 @@ hashes have correlated bits (neighbouring DCT frequencies), which would pile has
 few buckets of a chunk made of neighbouring bits; the bit positions are therefore
 shuffled (with a fixed seed, so runs take the same time) before they are cut into chunks.
 And where some bits are nearly constant across the hashes (images that resemble each other:
-the synthetic phantoms' hashes carry 147 bits of entropy of 256, real radiographs' about
-240), a chunk made of them would pile most hashes into a few buckets; so the bits are dealt
-to the chunks by their entropy on these hashes (:func:`bit_order`), each chunk getting an
-equal share. On 55,000 phantom hashes that halved the search's time (docs/performance.md).
+synthetic phantoms unposed, under their own exposure only, carry 147 bits of entropy of 256,
+real radiographs' about 240), a chunk made of them would pile most hashes into a few
+buckets; so the bits are dealt to the chunks by their entropy on these hashes
+(:func:`bit_order`), each chunk getting an equal share. On 55,000 such phantom hashes that
+halved the search's time (docs/performance.md).
 
 :func:`pairs` picks the chunk count, or brute force, from a cost model measured on this
 project's machines (docs/performance.md, "Scale"); the two engines are public so that

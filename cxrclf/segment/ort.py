@@ -101,16 +101,22 @@ def lung_network():
     return _NETWORKS[pid]
 
 
-CHOICE = "CXRCLF_LUNG_NETWORK"
-CHOICES = ("onnxruntime", "torch")
+LUNG_NETWORK_VARIABLE = "CXRCLF_LUNG_NETWORK"
+LUNG_NETWORKS = ("onnxruntime", "torch")
+
+
+def chosen_backend() -> str:
+    """``$CXRCLF_LUNG_NETWORK``, lower-cased ("" when unset); any value but :data:`LUNG_NETWORKS` is an error
+    (the CLI checks it once at start, so a typo is one error, not a failure per image)."""
+    chosen = os.environ.get(LUNG_NETWORK_VARIABLE, "").strip().lower()
+    if chosen not in ("", *LUNG_NETWORKS):
+        raise CxrclfError(f"{LUNG_NETWORK_VARIABLE} is {os.environ[LUNG_NETWORK_VARIABLE]!r}: use {' or '.join(LUNG_NETWORKS)} (or leave it unset)")
+    return chosen
 
 
 def _load():
     onnx_file = folders.BUILTIN_LUNG / ONNX_FILE
-    chosen = os.environ.get(CHOICE, "").strip().lower()
-    if chosen not in ("", *CHOICES):
-        raise CxrclfError(f"{CHOICE} is {os.environ[CHOICE]!r}: use {' or '.join(CHOICES)} (or leave it unset)")
-    if chosen != "torch" and onnx_file.exists() and _onnxruntime_installed():
+    if chosen_backend() != "torch" and onnx_file.exists() and _onnxruntime_installed():
         network = OnnxLungNetwork(onnx_file)
         from cxrclf.io import sha256_file
         from cxrclf.segment.run import SegmentRun

@@ -178,6 +178,10 @@ def test_image_ids_never_collide():
     records = [SourceRecord("site", Path(f), f, "p", "normal") for f in ("a/001.png", "b/001.png", "c/001-2.png")]
     ids = fuse_module._image_ids(records)
     assert len(set(ids)) == 3 and ids[:2] == ["site-001", "site-001-2"]
+    # nor by case alone: on a file system that does not tell IMG.png from img.png, the second would overwrite the first
+    records = [SourceRecord("site", Path(f), f, "p", "normal") for f in ("IMG.png", "img.png", "Img-2.png")]
+    ids = fuse_module._image_ids(records)
+    assert ids == ["site-IMG", "site-img-2", "site-Img-2-2"] and len({i.lower() for i in ids}) == 3
 
 
 def test_collapsed_copy_keeps_its_patient_linked(run_cli, sources_copy, tmp_path):

@@ -129,8 +129,8 @@ def test_same_xray_distance_is_validated():
 
 def test_distinct_phantoms_lie_as_far_apart_as_real_films(tmp_path):
     """The scale benchmark's phantoms, posed and exposed each their own way, spread their hashes as real radiographs do
-    (the shared set's: a median 118 bits apart); plain phantoms are alike (68 apart), which would make the
-    near-duplicate search grow with the square of their number."""
+    (the shared set's: a median 118 bits apart); plain phantoms are alike (a median under 90 bits apart), which would
+    make the near-duplicate search grow with the square of their number."""
     import cv2
 
     from cxrclf.data.imageio import perceptual_hash

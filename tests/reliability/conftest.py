@@ -68,7 +68,7 @@ def bomb_png_bytes() -> bytes:
 @pytest.fixture
 def catalogue_env(tmp_path, request, monkeypatch):
     """An :class:`Env` whose ``tmp`` is also the working directory (default outputs land there and are watched)."""
-    for name in ("CXRCLF_MAX_PIXELS", "CXRCLF_MODEL", "CXRCLF_DEBUG"):
+    for name in ("CXRCLF_MAX_PIXELS", "CXRCLF_MODEL", "CXRCLF_DEBUG", "CXRCLF_LUNG_NETWORK"):
         monkeypatch.delenv(name, raising=False)
     work = tmp_path / "work"
     work.mkdir()

@@ -587,6 +587,7 @@ CASES = [
     Case("predict-max-pixels-float", with_environment("CXRCLF_MAX_PIXELS", "1e12", "predict"), message=("CXRCLF_MAX_PIXELS='1e12'",)),
     Case("preprocess-max-pixels-negative", with_environment("CXRCLF_MAX_PIXELS", "-1", "preprocess"), message=("CXRCLF_MAX_PIXELS='-1'",)),
     Case("predict-model-variable-names-nothing", with_environment("CXRCLF_MODEL", "nowhere", "predict-default"), message=("CXRCLF_MODEL='nowhere'",)),
+    Case("predict-lung-network-variable-unknown", with_environment("CXRCLF_LUNG_NETWORK", "tensorrt", "predict"), message=("CXRCLF_LUNG_NETWORK is 'tensorrt'", "onnxruntime or torch")),
     Case("preprocess-repairs-damaged-outputs", preprocess_repairs_damaged_outputs, exit_code=0),
     Case("fuse-table-escaping-paths", fuse_table_with_escaping_paths, exit_code=0),
     Case("fuse-nlm-link-outside", fuse_nlm_with_link_outside, exit_code=0),
