@@ -61,14 +61,15 @@ def export_onnx(run: RunFolder | Path, out: Path, overwrite: bool = False, toler
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise CxrclfError("the output must be an .onnx file (its sidecar MODEL.json and the guard's files are written beside it)", out)
-    # a second export to the same files is refused before any model loads: the two could mix their files. One lock for
-    # m.onnx and m.ONNX, which share m.json.
-    io.check_output_file(out, folder.reads(), overwrite=overwrite)  # not inside the run (its sidecars lie beside it), before a lock file is made
+    predictor = load_predictor(folder, "cpu", allow_unfinished=allow_unfinished)  # a bad run is refused before anything is made
+    files = export_files(out, len(predictor.members), guard=predictor.guard is not None, reference=predictor.shift_reference() is not None)
+    for path in files.values():  # the run, its folds and its lung segmenter are inputs: no output may lie inside them
+        io.check_output_file(path, folder.reads(), overwrite=overwrite)
+    # a second export to the same files is refused: the two could mix their files. One lock for m.onnx and m.ONNX, which
+    # share m.json.
     with io.folder_lock(out.with_suffix(".onnx")):
         io.remove_stale_partials(out)  # a killed export's staging folder
-        predictor = load_predictor(folder, "cpu", allow_unfinished=allow_unfinished)
-        files = export_files(out, len(predictor.members), guard=predictor.guard is not None, reference=predictor.shift_reference() is not None)
-        for path in files.values():  # the run, its folds and its lung segmenter are inputs: no output may lie inside them
+        for path in files.values():  # again, now that we hold the lock
             io.check_output_file(path, folder.reads(), overwrite=overwrite)
         return _write_export(predictor, folder, out, files, tolerance)
 
