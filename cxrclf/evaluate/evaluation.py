@@ -288,7 +288,7 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
                           "pass the data explicitly with --data to evaluate on it as external data", manifest_path(own))
     # the run's own train and val splits are the rows it trained and selected on: without the sources it left out. The
     # test split (and "all") keeps them: a source left out of training is scored there as the unseen hospital it is.
-    own_split = target.own_data and options.split in (Split.train, Split.val)
+    own_split = target.own_data and options.split in (Split.train, Split.val)  # _evaluation records them as left_out_sources
     rows, root, needs = load_rows(target.data, options.split, predictor.params, target.config.data.fold if target.own_data else None,
                                   target.config.data.exclude_sources if own_split else ())
     predictions, features, members = predict_rows(predictor, rows, root, needs, options.workers)
@@ -341,6 +341,7 @@ def _evaluation(options: EvaluateOptions, target: _Target, predictor: Predictor,
     if recomputed is not None:
         measured = replace(measured, focus=replace(measured.focus, operating_point_recomputed=recomputed | _focus_rates(predictions, classes, recomputed["threshold"])))
     overlaps = target.own_data and options.split in (Split.val, Split.all)
+    left_out = sorted(config.data.exclude_sources) if target.own_data and options.split in (Split.train, Split.val) else []
     return Evaluation(
         run=str(target.folder.path), model=config.model.name, requested_model=config.model.requested_name,
         scenario=config.scenario + (f" ensemble of {len(target.folds)} folds" if ensemble else ""), data=str(target.data.resolve()),
@@ -351,7 +352,7 @@ def _evaluation(options: EvaluateOptions, target: _Target, predictor: Predictor,
         folds=fold_spread(predictions, members, classes) if ensemble else None,
         shortcut=shortcut_metrics(predictions, features, classes, _training_rows(config, ensemble=ensemble), options.bootstrap, options.seed),
         guard=guard_metrics(predictions, classes, _guard_settings(predictor, config, len(target.folds)), threshold),
-        per_view=view_metrics(predictions, classes), trained_views=list(predictor.trained_views), out=str(target.out),
+        per_view=view_metrics(predictions, classes), trained_views=list(predictor.trained_views), left_out_sources=left_out, out=str(target.out),
     )
 
 

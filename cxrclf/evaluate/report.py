@@ -38,7 +38,8 @@ def _title_lines(result: Evaluation) -> list[str]:
         f"# Evaluation of {model_label(result.model, result.requested_model)} ({result.scenario})",
         "",
         f"- run: `{result.run}`",
-        f"- data: `{result.data}`, split `{result.split}`" + (" (external data)" if result.external else ""),
+        f"- data: `{result.data}`, split `{result.split}`" + (" (external data)" if result.external else "")
+        + (f", without {', '.join(result.left_out_sources)} (left out of the run's training)" if result.left_out_sources else ""),
         f"- {measured.n_images} images of {measured.n_patients} patients; classes: {', '.join(measured.classes)}",
     ]
     if measured.bootstrap is not None:

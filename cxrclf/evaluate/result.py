@@ -132,6 +132,8 @@ class Evaluation:
     """One evaluation of a run (or a fold ensemble) on one split of one data folder: what ``evaluate`` returns.
 
     ``run``, ``data``: absolute paths as text; ``external``: the data are not the run's own;
+    ``left_out_sources``: sources of the data not scored, because the split is the run's own train
+    or val and the run was trained without them (``--exclude-source``);
     ``out``: the evaluation folder (not part of metrics.json, which lies in it). The sections
     other functions compute are described in the module's docstring.
     """
@@ -153,12 +155,13 @@ class Evaluation:
     trained_views: list[str] = field(default_factory=list)
     folds: dict | None = None            # a fold ensemble: each fold's headline beside the ensemble's
     lung_attention: dict | None = None   # evaluate --lung-model: Grad-CAM inside the lung fields
+    left_out_sources: list[str] = field(default_factory=list)
     out: str | None = None
 
     def to_dict(self) -> dict:
         """metrics.json's content (``out`` is where it lies, not part of it)."""
         document = {"run": self.run, "model": self.model, "requested_model": self.requested_model, "scenario": self.scenario, "data": self.data,
-                    "split": self.split, "external": self.external, "tta": self.tta}
+                    "split": self.split, "left_out_sources": self.left_out_sources, "external": self.external, "tta": self.tta}
         document |= self.metrics.to_dict() | {"skipped_images": self.skipped_images, "operating_point": self.operating_point, "shift": self.shift}
         if self.folds is not None:
             document["folds"] = self.folds
@@ -180,7 +183,7 @@ class Evaluation:
             operating_point=document.get("operating_point"), shift=document.get("shift"), shortcut=document.get("shortcut"),
             guard=document.get("guard"), per_view=document.get("per_view"), trained_views=list(document.get("trained_views") or []),
             folds=document.get("folds"), lung_attention=document.get("lung_attention"),
-            out=None if source is None else str(Path(source).parent),
+            left_out_sources=list(document.get("left_out_sources") or []), out=None if source is None else str(Path(source).parent),
         )
 
     @classmethod

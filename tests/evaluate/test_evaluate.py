@@ -150,7 +150,7 @@ def test_the_typed_result_is_metrics_json_and_reads_back_old_files(trained_run, 
     result = evaluation.evaluate(evaluation.EvaluateOptions(run=trained_run, bootstrap=20, workers=1, out=tmp_path / "e", sensitivity=0.9))
     written = (tmp_path / "e" / "metrics.json").read_text()
     assert io.json_text(result.to_dict()) == written and result.out == str(tmp_path / "e")
-    assert list(json.loads(written)) == ["run", "model", "requested_model", "scenario", "data", "split", "external", "tta", "n_images", "n_patients",
+    assert list(json.loads(written)) == ["run", "model", "requested_model", "scenario", "data", "split", "left_out_sources", "external", "tta", "n_images", "n_patients",
                                          "classes", "overall", "covid19_vs_rest", "point", "intervals", "bootstrap", "calibration", "per_source",
                                          "skipped_images", "operating_point", "shift", "shortcut", "guard", "per_view", "trained_views"]
     assert list(json.loads(written)["covid19_vs_rest"]) == ["at_argmax", "operating_point", "clopper_pearson", "operating_point_recomputed"]
@@ -161,10 +161,10 @@ def test_the_typed_result_is_metrics_json_and_reads_back_old_files(trained_run, 
     assert markdown(again, figures) == markdown(result, figures)  # the report from the file is the report from the run
     # a metrics.json from before the shortcut, the guard, the shift test, the views and the stored thresholds
     old = {k: v for k, v in json.loads(written).items() if k not in ("shortcut", "guard", "shift", "per_view", "trained_views", "skipped_images", "tta",
-                                                                     "operating_point", "requested_model", "bootstrap", "intervals")}
+                                                                     "operating_point", "requested_model", "bootstrap", "intervals", "left_out_sources")}
     legacy = Evaluation.from_dict(old)
     assert (legacy.shortcut, legacy.guard, legacy.shift, legacy.per_view, legacy.operating_point, legacy.metrics.bootstrap) == (None,) * 6
-    assert legacy.tta == 1 and legacy.trained_views == [] and legacy.metrics.point == result.metrics.point and legacy.metrics.interval("accuracy") is None
+    assert legacy.tta == 1 and legacy.trained_views == [] and legacy.left_out_sources == [] and legacy.metrics.point == result.metrics.point and legacy.metrics.interval("accuracy") is None
     assert "## Out-of-distribution guard" not in markdown(legacy, figures) and "## Headline" in markdown(legacy, figures)
     with pytest.raises(CxrclfError, match="lacks n_images, n_patients, point"):
         Evaluation.from_dict({"data": "x", "split": "test"})
@@ -185,3 +185,6 @@ def test_a_source_left_out_of_training_is_out_of_the_runs_val_split_and_in_its_t
         result = run_cli("evaluate", run, "--split", split, "--bootstrap", "50", "--out", out)
         assert result.exit_code == 0, result.stderr
         assert sorted(pd.read_csv(out / "predictions.csv").image_id) == sorted(expected.image_id), split
+        left_out = json.loads((out / "metrics.json").read_text())["left_out_sources"]
+        assert left_out == (["montgomery"] if split == "val" else [])
+        assert ("without montgomery (left out of the run's training)" in (out / "report.md").read_text()) == (split == "val")
